@@ -1,0 +1,5 @@
+// LSTM recurrence compiled for the avx512 level (flags set in CMakeLists.txt).
+#include "lstm_recurrence.h"
+#include "lstm_recurrence_generic.h"
+
+FASTLSTM_DEFINE_GENERIC_RECURRENCE_VARIANT(avx512)

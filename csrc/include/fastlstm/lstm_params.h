@@ -1,0 +1,56 @@
+// Parameter structs of the LSTM recurrence kernels (one direction or both
+// directions of one layer). Torch-free: raw pointers and sizes only.
+//
+// Sizes: T time steps, B batch, D directions (1 or 2; direction 1 runs in
+// reverse time), H hidden units, P = proj_size if projecting else H, G = 4H.
+// Every buffer is dense (contiguous, row-major) in the layout written beside it.
+// Buffers never alias each other.
+#pragma once
+
+#include <cstdint>
+
+namespace fastlstm {
+
+template <typename T>
+struct LstmRecurrenceFwdParams {
+  // Inputs.
+  const T* gx = nullptr;        // (T, B, D, G) x·W_ihᵀ + b_ih + b_hh, gates i,f,g,o
+  const T* w_hh = nullptr;      // (D, G, P)
+  const T* w_hr = nullptr;      // (D, P, H) or null when not projecting (then P == H)
+  const T* h0 = nullptr;        // (D, B, P)
+  const T* c0 = nullptr;        // (D, B, H)
+  const int64_t* lengths = nullptr;  // (B) or null: every sequence has length T.
+                                     // Steps t >= lengths[b] leave the state
+                                     // untouched and write zeros.
+  // Outputs.
+  T* y = nullptr;       // (T, B, D, P) hidden output of every step
+  T* hn = nullptr;      // (D, B, P) final hidden state (of each sequence's last valid step)
+  T* cn = nullptr;      // (D, B, H) final cell state
+  T* gates = nullptr;   // (T, B, D, G) gate activations, or null (inference)
+  T* cells = nullptr;   // (T, B, D, H) cell state after each step, or null (inference)
+  int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0, proj = 0;
+  int num_threads = 1;
+};
+
+template <typename T>
+struct LstmRecurrenceBwdParams {
+  // Inputs.
+  const T* dy = nullptr;     // (T, B, D, P) gradient w.r.t. y
+  const T* dhn = nullptr;    // (D, B, P) or null (zero)
+  const T* dcn = nullptr;    // (D, B, H) or null (zero)
+  const T* w_hh = nullptr;   // (D, G, P)
+  const T* w_hr = nullptr;   // (D, P, H) or null
+  const T* c0 = nullptr;     // (D, B, H)
+  const T* gates = nullptr;  // (T, B, D, G) saved by the forward pass
+  const T* cells = nullptr;  // (T, B, D, H) saved by the forward pass
+  const int64_t* lengths = nullptr;  // (B) or null
+  // Outputs.
+  T* dgates = nullptr;   // (T, B, D, G) gradient w.r.t. the pre-activation gates (= d gx)
+  T* dh0 = nullptr;      // (D, B, P)
+  T* dc0 = nullptr;      // (D, B, H)
+  T* dhproj = nullptr;   // (T, B, D, P) gradient w.r.t. each projected h (for dW_hr), null when not projecting
+  int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0, proj = 0;
+  int num_threads = 1;
+};
+
+}  // namespace fastlstm

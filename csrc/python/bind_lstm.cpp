@@ -1,0 +1,140 @@
+// Bindings of the LSTM recurrence kernels: check, release the GIL, call.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "../cpu/lstm_recurrence.h"
+#include "checks.h"
+
+namespace fastlstm {
+namespace binding {
+
+namespace {
+
+struct Dims {
+  int64_t T, B, D, H, P;
+};
+
+void check_dims(const Dims& d, const char* fn) {
+  if (d.T < 0 || d.B < 0) throw py::value_error(std::string(fn) + ": seq_len and batch must be >= 0");
+  if (d.D != 1 && d.D != 2) throw py::value_error(std::string(fn) + ": directions must be 1 or 2");
+  if (d.H < 1) throw py::value_error(std::string(fn) + ": hidden_size must be >= 1");
+  if (d.P < 1 || d.P > d.H) throw py::value_error(std::string(fn) + ": proj must be in [1, hidden_size]");
+}
+
+void check_lengths(const int64_t* lengths, const Dims& d, const char* fn) {
+  if (!lengths) return;
+  for (int64_t b = 0; b < d.B; ++b)
+    if (lengths[b] < 0 || lengths[b] > d.T)
+      throw py::value_error(std::string(fn) + ": lengths[" + std::to_string(b) + "] = " +
+                            std::to_string(lengths[b]) + " is outside [0, seq_len]");
+}
+
+template <typename T>
+void recurrence_fwd(const Buf& gx, const Buf& w_hh, const Buf& w_hr, const Buf& h0, const Buf& c0,
+                    const Buf& lengths, const Buf& y, const Buf& hn, const Buf& cn, const Buf& gates,
+                    const Buf& cells, const Dims& d, int num_threads) {
+  const char* fn = "lstm_recurrence_fwd";
+  check_dims(d, fn);
+  const bool proj = w_hr.first != 0;
+  if (!proj && d.P != d.H) throw py::value_error(std::string(fn) + ": proj != hidden_size requires w_hr");
+  const int64_t G = checked_mul({4, d.H}, fn, "gates");
+  LstmRecurrenceFwdParams<T> p;
+  p.gx = checked_ptr<const T>(gx, checked_mul({d.T, d.B, d.D, G}, fn, "gx"), true, fn, "gx");
+  p.w_hh = checked_ptr<const T>(w_hh, checked_mul({d.D, G, d.P}, fn, "w_hh"), true, fn, "w_hh");
+  p.w_hr = checked_ptr<const T>(w_hr, checked_mul({d.D, d.P, d.H}, fn, "w_hr"), false, fn, "w_hr");
+  p.h0 = checked_ptr<const T>(h0, checked_mul({d.D, d.B, d.P}, fn, "h0"), true, fn, "h0");
+  p.c0 = checked_ptr<const T>(c0, checked_mul({d.D, d.B, d.H}, fn, "c0"), true, fn, "c0");
+  p.lengths = checked_ptr<const int64_t>(lengths, d.B, false, fn, "lengths");
+  p.y = checked_ptr<T>(y, checked_mul({d.T, d.B, d.D, d.P}, fn, "y"), true, fn, "y");
+  p.hn = checked_ptr<T>(hn, checked_mul({d.D, d.B, d.P}, fn, "hn"), true, fn, "hn");
+  p.cn = checked_ptr<T>(cn, checked_mul({d.D, d.B, d.H}, fn, "cn"), true, fn, "cn");
+  p.gates = checked_ptr<T>(gates, checked_mul({d.T, d.B, d.D, G}, fn, "gates"), false, fn, "gates");
+  p.cells = checked_ptr<T>(cells, checked_mul({d.T, d.B, d.D, d.H}, fn, "cells"), false, fn, "cells");
+  if ((p.gates == nullptr) != (p.cells == nullptr))
+    throw py::value_error(std::string(fn) + ": gates and cells must be given together");
+  check_lengths(p.lengths, d, fn);
+  p.seq_len = d.T, p.batch = d.B, p.directions = d.D, p.hidden = d.H, p.proj = d.P;
+  p.num_threads = num_threads < 1 ? 1 : num_threads;
+  py::gil_scoped_release release;
+  cpu::lstm_recurrence_fwd<T>(p);
+}
+
+template <typename T>
+void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_hh, const Buf& w_hr,
+                    const Buf& c0, const Buf& gates, const Buf& cells, const Buf& lengths,
+                    const Buf& dgates, const Buf& dh0, const Buf& dc0, const Buf& dhproj, const Dims& d,
+                    int num_threads) {
+  const char* fn = "lstm_recurrence_bwd";
+  check_dims(d, fn);
+  const bool proj = w_hr.first != 0;
+  if (!proj && d.P != d.H) throw py::value_error(std::string(fn) + ": proj != hidden_size requires w_hr");
+  const int64_t G = checked_mul({4, d.H}, fn, "gates");
+  LstmRecurrenceBwdParams<T> p;
+  p.dy = checked_ptr<const T>(dy, checked_mul({d.T, d.B, d.D, d.P}, fn, "dy"), true, fn, "dy");
+  p.dhn = checked_ptr<const T>(dhn, checked_mul({d.D, d.B, d.P}, fn, "dhn"), false, fn, "dhn");
+  p.dcn = checked_ptr<const T>(dcn, checked_mul({d.D, d.B, d.H}, fn, "dcn"), false, fn, "dcn");
+  p.w_hh = checked_ptr<const T>(w_hh, checked_mul({d.D, G, d.P}, fn, "w_hh"), true, fn, "w_hh");
+  p.w_hr = checked_ptr<const T>(w_hr, checked_mul({d.D, d.P, d.H}, fn, "w_hr"), false, fn, "w_hr");
+  p.c0 = checked_ptr<const T>(c0, checked_mul({d.D, d.B, d.H}, fn, "c0"), true, fn, "c0");
+  p.gates = checked_ptr<const T>(gates, checked_mul({d.T, d.B, d.D, G}, fn, "gates"), true, fn, "gates");
+  p.cells = checked_ptr<const T>(cells, checked_mul({d.T, d.B, d.D, d.H}, fn, "cells"), true, fn, "cells");
+  p.lengths = checked_ptr<const int64_t>(lengths, d.B, false, fn, "lengths");
+  p.dgates = checked_ptr<T>(dgates, checked_mul({d.T, d.B, d.D, G}, fn, "dgates"), true, fn, "dgates");
+  p.dh0 = checked_ptr<T>(dh0, checked_mul({d.D, d.B, d.P}, fn, "dh0"), true, fn, "dh0");
+  p.dc0 = checked_ptr<T>(dc0, checked_mul({d.D, d.B, d.H}, fn, "dc0"), true, fn, "dc0");
+  p.dhproj = checked_ptr<T>(dhproj, checked_mul({d.T, d.B, d.D, d.P}, fn, "dhproj"), proj, fn, "dhproj");
+  check_lengths(p.lengths, d, fn);
+  p.seq_len = d.T, p.batch = d.B, p.directions = d.D, p.hidden = d.H, p.proj = d.P;
+  p.num_threads = num_threads < 1 ? 1 : num_threads;
+  py::gil_scoped_release release;
+  cpu::lstm_recurrence_bwd<T>(p);
+}
+
+bool is_float64(const std::string& dtype, const char* fn) {
+  if (dtype == "float32") return false;
+  if (dtype == "float64") return true;
+  throw py::type_error(std::string(fn) + ": dtype must be 'float32' or 'float64', got '" + dtype + "'");
+}
+
+}  // namespace
+
+void bind_lstm(py::module_& m) {
+  m.def(
+      "lstm_recurrence_fwd",
+      [](const std::string& dtype, Buf gx, Buf w_hh, Buf w_hr, Buf h0, Buf c0, Buf lengths, Buf y, Buf hn,
+         Buf cn, Buf gates, Buf cells, int64_t T, int64_t B, int64_t D, int64_t H, int64_t P,
+         int num_threads) {
+        const Dims d{T, B, D, H, P};
+        if (is_float64(dtype, "lstm_recurrence_fwd"))
+          recurrence_fwd<double>(gx, w_hh, w_hr, h0, c0, lengths, y, hn, cn, gates, cells, d, num_threads);
+        else
+          recurrence_fwd<float>(gx, w_hh, w_hr, h0, c0, lengths, y, hn, cn, gates, cells, d, num_threads);
+      },
+      "LSTM recurrence forward over T steps, one or two directions. Buffers are "
+      "(address, numel) pairs; see csrc/include/fastlstm/lstm_params.h for layouts.",
+      py::arg("dtype"), py::arg("gx"), py::arg("w_hh"), py::arg("w_hr"), py::arg("h0"), py::arg("c0"),
+      py::arg("lengths"), py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("gates"), py::arg("cells"),
+      py::arg("seq_len"), py::arg("batch"), py::arg("directions"), py::arg("hidden"), py::arg("proj"),
+      py::arg("num_threads") = 1);
+  m.def(
+      "lstm_recurrence_bwd",
+      [](const std::string& dtype, Buf dy, Buf dhn, Buf dcn, Buf w_hh, Buf w_hr, Buf c0, Buf gates,
+         Buf cells, Buf lengths, Buf dgates, Buf dh0, Buf dc0, Buf dhproj, int64_t T, int64_t B, int64_t D,
+         int64_t H, int64_t P, int num_threads) {
+        const Dims d{T, B, D, H, P};
+        if (is_float64(dtype, "lstm_recurrence_bwd"))
+          recurrence_bwd<double>(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates, dh0, dc0, dhproj,
+                                 d, num_threads);
+        else
+          recurrence_bwd<float>(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates, dh0, dc0, dhproj,
+                                d, num_threads);
+      },
+      "LSTM recurrence backward (fused reverse recurrence producing d gates).", py::arg("dtype"),
+      py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"),
+      py::arg("gates"), py::arg("cells"), py::arg("lengths"), py::arg("dgates"), py::arg("dh0"),
+      py::arg("dc0"), py::arg("dhproj"), py::arg("seq_len"), py::arg("batch"), py::arg("directions"),
+      py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1);
+}
+
+}  // namespace binding
+}  // namespace fastlstm

@@ -1,0 +1,108 @@
+"""The one place that decides which backend runs an op.
+
+Backends: ``reference`` (plain PyTorch, always available, the ground truth),
+``cpu`` (fused C++ kernels in ``fastlstm._C``), ``cuda`` (CUDA kernels in
+``fastlstm._C``, built when a CUDA toolkit was found) and ``triton``.
+``auto`` picks the fastest one available for the tensors' device and dtype.
+
+The default is ``auto``; ``FASTLSTM_BACKEND`` or :func:`set_backend` change it,
+and modules/ops take ``backend=`` to override it per call.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+from fastlstm import _ext
+
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+
+# Fastest first, per device type; `auto` takes the first available.
+_AUTO_ORDER = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+
+# Dtypes each compiled backend runs natively; others go to the reference.
+_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+    "triton": (torch.float32, torch.float16, torch.bfloat16),
+}
+
+_default: str | None = None
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide default backend (``None`` restores ``FASTLSTM_BACKEND`` or ``auto``)."""
+    global _default
+    _default = None if name is None else _check_name(name)
+
+
+def get_backend() -> str:
+    """The process-wide default backend."""
+    if _default is not None:
+        return _default
+    return _check_name(os.environ.get("FASTLSTM_BACKEND", "auto") or "auto")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why ``backend`` cannot run on ``device``/``dtype``, or None when it can."""
+    if backend == "reference":
+        return None
+    if dtype not in _DTYPES[backend]:
+        return f"it does not support {dtype}"
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"it runs on CPU tensors, not {device.type}"
+        if not _ext.available():
+            return f"fastlstm._C failed to load ({_ext.load_error})"
+        return None
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"it runs on CUDA tensors, not {device.type}"
+        if not _ext.available() or not getattr(_ext._C, "has_cuda", False):
+            return "fastlstm._C was built without CUDA (rebuild with FASTLSTM_CUDA=on)"
+        return None
+    if backend == "triton":
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        if device.type != "cuda" and not (interpret and device.type == "cpu"):
+            return "it runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
+        if not _triton_importable():
+            return "triton is not installed (pip install fastlstm[triton])"
+        return None
+    raise AssertionError(backend)
+
+
+def resolve(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend to run: ``requested`` (or the default) with ``auto`` resolved."""
+    name = _check_name(requested) if requested is not None else get_backend()
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
+            if unavailable_reason(candidate, device, dtype) is None:
+                return candidate
+        return "reference"
+    reason = unavailable_reason(name, device, dtype)
+    if reason is not None:
+        raise RuntimeError(f"fastlstm backend {name!r} cannot run here: {reason}")
+    return name
+
+
+def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    device = torch.device(device)
+    return [b for b in BACKENDS[1:] if unavailable_reason(b, device, dtype) is None]

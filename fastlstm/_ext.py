@@ -1,0 +1,50 @@
+"""Loads the compiled extension ``fastlstm._C``.
+
+If it cannot load, fastlstm still works on the reference backend; a single
+warning says why.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+_CAPABILITIES = ("scalar", "avx2", "avx512", "avx512_vnni")
+
+try:
+    from fastlstm import _C  # noqa: F401
+
+    load_error: str | None = None
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    _C = None
+    load_error = f"{type(exc).__name__}: {exc}"
+    warnings.warn(
+        f"fastlstm: the compiled extension fastlstm._C could not be loaded ({load_error}); "
+        "falling back to the (slow) reference backend.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+_requested = os.environ.get("FASTLSTM_CPU_CAPABILITY")
+if _requested and _requested not in _CAPABILITIES:
+    raise ValueError(
+        f"FASTLSTM_CPU_CAPABILITY={_requested!r} is not one of {', '.join(_CAPABILITIES)}"
+    )
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def cpu_capability() -> str:
+    """The ISA level the CPU kernels use (``scalar`` when ``_C`` is missing)."""
+    return _C.cpu_capability() if _C is not None else "scalar"
+
+
+def buf(tensor) -> tuple[int, int]:
+    """``(address, numel)`` of a dense tensor or array, or ``(0, 0)`` for None."""
+    if tensor is None:
+        return (0, 0)
+    if hasattr(tensor, "data_ptr"):
+        return (tensor.data_ptr(), tensor.numel())
+    return (tensor.ctypes.data, tensor.size)

@@ -1,0 +1,6 @@
+"""Functional ops. Every op is a torch.library custom op with a fake kernel
+and autograd; the backend that runs it is chosen in ``fastlstm._backends``."""
+
+from fastlstm.ops.lstm import lstm, lstm_recurrence, lstm_recurrence_backward
+
+__all__ = ["lstm", "lstm_recurrence", "lstm_recurrence_backward"]

@@ -1,0 +1,272 @@
+"""LSTM ops: the ``fastlstm::lstm_recurrence`` custom op (with its backward op,
+fake kernels and autograd) and :func:`lstm`, the stacked/bidirectional LSTM
+built on it.
+
+Layouts are time-major. The input projection of every step is one GEMM done
+here by torch; the kernels do only the sequential part (see
+``csrc/include/fastlstm/lstm_params.h``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastlstm import _backends, _ext
+from fastlstm import reference as _reference
+from fastlstm.ops._alloc import empty
+
+# --------------------------------------------------------------------------
+# fastlstm::lstm_recurrence
+# --------------------------------------------------------------------------
+
+
+def _dims(gx: Tensor, w_hh: Tensor) -> tuple[int, int, int, int, int]:
+    T, B, D, G = gx.shape
+    return T, B, D, G // 4, w_hh.shape[-1]
+
+
+def _check_lengths(lengths: Tensor | None) -> Tensor | None:
+    if lengths is None:
+        return None
+    if lengths.device.type != "cpu" or lengths.dtype != torch.int64:
+        raise TypeError(f"lengths must be an int64 CPU tensor, got {lengths.dtype} on {lengths.device}")
+    return lengths.contiguous()
+
+
+@torch.library.custom_op("fastlstm::lstm_recurrence", mutates_args=(), device_types="cpu")
+def lstm_recurrence(
+    gx: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    save_for_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused LSTM recurrence for one layer, one or both directions.
+
+    gx: (T, B, D, 4H) = x·W_ihᵀ + b_ih + b_hh; w_hh: (D, 4H, P); w_hr: (D, P, H)
+    or None; h0: (D, B, P); c0: (D, B, H); lengths: (B,) int64 CPU or None.
+    Direction 1 runs in reverse time. Returns y (T, B, D, P), h_n (D, B, P),
+    c_n (D, B, H), and when ``save_for_backward`` the gate activations
+    (T, B, D, 4H) and cell states (T, B, D, H) backward needs (else empty).
+
+    >>> y, h_n, c_n, _, _ = lstm_recurrence(gx, w_hh, None, h0, c0, None, False)
+    """
+    T, B, D, H, P = _dims(gx, w_hh)
+    gx, w_hh, h0, c0 = gx.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous()
+    w_hr = w_hr.contiguous() if w_hr is not None else None
+    lengths = _check_lengths(lengths)
+    y = empty(T, B, D, P, like=gx)
+    hn = empty(D, B, P, like=gx)
+    cn = empty(D, B, H, like=gx)
+    gates = empty(T, B, D, 4 * H, like=gx) if save_for_backward else gx.new_empty(0)
+    cells = empty(T, B, D, H, like=gx) if save_for_backward else gx.new_empty(0)
+    buf = _ext.buf
+    _ext._C.lstm_recurrence_fwd(
+        str(gx.dtype).removeprefix("torch."),
+        buf(gx), buf(w_hh), buf(w_hr), buf(h0), buf(c0), buf(lengths),
+        buf(y), buf(hn), buf(cn),
+        buf(gates) if save_for_backward else (0, 0),
+        buf(cells) if save_for_backward else (0, 0),
+        T, B, D, H, P, torch.get_num_threads(),
+    )
+    return y, hn, cn, gates, cells
+
+
+@lstm_recurrence.register_fake
+def _(gx, w_hh, w_hr, h0, c0, lengths, save_for_backward):
+    T, B, D, H, P = _dims(gx, w_hh)
+    y = gx.new_empty(T, B, D, P)
+    hn = gx.new_empty(D, B, P)
+    cn = gx.new_empty(D, B, H)
+    gates = gx.new_empty(T, B, D, 4 * H) if save_for_backward else gx.new_empty(0)
+    cells = gx.new_empty(T, B, D, H) if save_for_backward else gx.new_empty(0)
+    return y, hn, cn, gates, cells
+
+
+@torch.library.custom_op("fastlstm::lstm_recurrence_backward", mutates_args=(), device_types="cpu")
+def lstm_recurrence_backward(
+    dy: Tensor,
+    dhn: Tensor,
+    dcn: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    c0: Tensor,
+    gates: Tensor,
+    cells: Tensor,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fused reverse recurrence. Returns d gx (T, B, D, 4H), d h0 (D, B, P),
+    d c0 (D, B, H) and, when projecting, the gradient w.r.t. every projected
+    hidden output (T, B, D, P) for dW_hr (else empty)."""
+    T, B, D, G = gates.shape
+    H, P = G // 4, w_hh.shape[-1]
+    dy, dhn, dcn = dy.contiguous(), dhn.contiguous(), dcn.contiguous()
+    w_hh, c0 = w_hh.contiguous(), c0.contiguous()
+    w_hr = w_hr.contiguous() if w_hr is not None else None
+    gates, cells = gates.contiguous(), cells.contiguous()
+    lengths = _check_lengths(lengths)
+    dgates = empty(T, B, D, G, like=dy)
+    dh0 = empty(D, B, P, like=dy)
+    dc0 = empty(D, B, H, like=dy)
+    dhproj = empty(T, B, D, P, like=dy) if w_hr is not None else dy.new_empty(0)
+    buf = _ext.buf
+    _ext._C.lstm_recurrence_bwd(
+        str(dy.dtype).removeprefix("torch."),
+        buf(dy), buf(dhn), buf(dcn), buf(w_hh), buf(w_hr), buf(c0), buf(gates), buf(cells),
+        buf(lengths), buf(dgates), buf(dh0), buf(dc0), buf(dhproj) if w_hr is not None else (0, 0),
+        T, B, D, H, P, torch.get_num_threads(),
+    )
+    return dgates, dh0, dc0, dhproj
+
+
+@lstm_recurrence_backward.register_fake
+def _(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths):
+    T, B, D, G = gates.shape
+    H, P = G // 4, w_hh.shape[-1]
+    dhproj = dy.new_empty(T, B, D, P) if w_hr is not None else dy.new_empty(0)
+    return dy.new_empty(T, B, D, G), dy.new_empty(D, B, P), dy.new_empty(D, B, H), dhproj
+
+
+def _previous_hidden(y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tensor:
+    """The hidden state each step consumed: (T, B, D, P), in processing order per direction."""
+    T = y.shape[0]
+    fwd = torch.cat([h0[0].unsqueeze(0), y[:-1, :, 0]], dim=0)
+    if y.shape[2] == 1:
+        return fwd.unsqueeze(2)
+    rev = torch.cat([y[1:, :, 1], h0[1].unsqueeze(0)], dim=0)
+    steps = torch.arange(T, device=y.device).unsqueeze(1)
+    limit = lengths.to(y.device).unsqueeze(0) if lengths is not None else torch.full_like(steps, T)
+    first = (steps + 1 >= limit).unsqueeze(-1)  # the reverse direction starts from h0 here
+    rev = torch.where(first, h0[1].unsqueeze(0).expand_as(rev), rev)
+    return torch.stack([fwd, rev], dim=2)
+
+
+def _setup_context(ctx, inputs, output):
+    gx, w_hh, w_hr, h0, c0, lengths, save_for_backward = inputs
+    y, _, _, gates, cells = output
+    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cells)
+    ctx.saved_gates = save_for_backward
+    ctx.mark_non_differentiable(gates, cells)
+
+
+def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
+    w_hh, w_hr, h0, c0, lengths, y, gates, cells = ctx.saved_tensors
+    if not ctx.saved_gates:
+        raise RuntimeError(
+            "fastlstm::lstm_recurrence was run with save_for_backward=False; cannot differentiate it"
+        )
+    dy = torch.zeros_like(y) if dy is None else dy
+    dhn = torch.zeros_like(h0) if dhn is None else dhn
+    dcn = torch.zeros_like(c0) if dcn is None else dcn
+    dgates, dh0, dc0, dhproj = torch.ops.fastlstm.lstm_recurrence_backward(
+        dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths
+    )
+    # Weight gradients as large GEMMs over all steps.
+    T, B, D, G = dgates.shape
+    H = G // 4
+    hprev = _previous_hidden(y, h0, lengths)
+    dw_hh = torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B), hprev.permute(2, 0, 1, 3).reshape(D, T * B, -1))
+    dw_hr = None
+    if w_hr is not None:
+        hpre = gates[..., 3 * H :] * torch.tanh(cells)
+        P = dhproj.shape[-1]
+        dw_hr = torch.bmm(dhproj.permute(2, 3, 0, 1).reshape(D, P, T * B), hpre.permute(2, 0, 1, 3).reshape(D, T * B, H))
+    return dgates, dw_hh, dw_hr, dh0, dc0, None, None
+
+
+lstm_recurrence.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------
+# Stacked, bidirectional LSTM
+# --------------------------------------------------------------------------
+
+
+def _recurrence(backend: str):
+    """Recurrence implementation per backend (the op for compiled backends)."""
+    if backend == "reference":
+        return lambda gx, w_hh, w_hr, h0, c0, lengths, save: _reference.lstm_recurrence(
+            gx, w_hh, w_hr, h0, c0, lengths
+        )
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fastlstm.lstm_recurrence
+    if backend == "triton":
+        from fastlstm.triton import lstm as triton_lstm
+
+        return triton_lstm.lstm_recurrence
+    raise AssertionError(backend)
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def lstm(
+    x: Tensor,
+    hx: tuple[Tensor, Tensor] | None,
+    weights: list[Tensor],
+    *,
+    num_layers: int,
+    bidirectional: bool = False,
+    has_bias: bool = True,
+    proj_size: int = 0,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Stacked, optionally bidirectional and projected LSTM (time-major).
+
+    x: (T, B, I); hx: (h0 (L*D, B, P), c0 (L*D, B, H)) or None; ``weights`` in
+    nn.LSTM's ``_flat_weights`` order; lengths: (B,) int64 CPU or None (padded
+    input: outputs past each length are zero, states are each sequence's last).
+    Returns output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H).
+
+    >>> m = torch.nn.LSTM(8, 16, num_layers=2)
+    >>> out, h_n, c_n = lstm(torch.randn(5, 3, 8), None, list(m._flat_weights), num_layers=2)
+    """
+    backend = _backends.resolve(backend, x.device, x.dtype)
+    recurrence = _recurrence(backend)
+    D = 2 if bidirectional else 1
+    per_dir = 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
+    T, B = x.shape[0], x.shape[1]
+    H = weights[1].shape[0] // 4
+    P = proj_size if proj_size > 0 else H
+    if hx is None:
+        h0_all = x.new_zeros(num_layers * D, B, P)
+        c0_all = x.new_zeros(num_layers * D, B, H)
+    else:
+        h0_all, c0_all = hx
+    save = torch.is_grad_enabled() and (
+        x.requires_grad
+        or any(w.requires_grad for w in weights)
+        or h0_all.requires_grad
+        or c0_all.requires_grad
+    )
+    layer_input = x
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        dirs = [weights[(layer * D + d) * per_dir : (layer * D + d + 1) * per_dir] for d in range(D)]
+        w_ih = torch.cat([w[0] for w in dirs]) if D == 2 else dirs[0][0]
+        flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
+        if has_bias:
+            bias = torch.cat([w[2] + w[3] for w in dirs]) if D == 2 else dirs[0][2] + dirs[0][3]
+            gx = torch.addmm(bias, flat_in, w_ih.t())
+        else:
+            gx = flat_in @ w_ih.t()
+        gx = gx.view(T, B, D, 4 * H)
+        w_hh = _stack([w[1] for w in dirs])
+        w_hr = _stack([w[-1] for w in dirs]) if proj_size > 0 else None
+        h0 = h0_all[layer * D : (layer + 1) * D]
+        c0 = c0_all[layer * D : (layer + 1) * D]
+        y, hn, cn, _, _ = recurrence(gx, w_hh, w_hr, h0, c0, lengths, save)
+        h_n.append(hn)
+        c_n.append(cn)
+        layer_input = y.reshape(T, B, D * P)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+    return layer_input, torch.cat(h_n), torch.cat(c_n)

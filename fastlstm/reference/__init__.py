@@ -1,0 +1,7 @@
+"""Plain-PyTorch reference implementations: the ground truth every fused
+kernel is tested against, and the fallback backend. Written for clarity;
+float64-capable."""
+
+from fastlstm.reference.lstm import lstm, lstm_cell, lstm_direction, lstm_recurrence
+
+__all__ = ["lstm", "lstm_cell", "lstm_direction", "lstm_recurrence"]
