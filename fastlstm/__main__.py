@@ -1,0 +1,3 @@
+from fastlstm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The ``fastlstm`` command (also ``python -m fastlstm``).
+
+Subcommands: ``info``, ``check``; others register themselves in COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import fastlstm
+    from fastlstm import _ext
+
+    rows = [
+        ("fastlstm", fastlstm.__version__),
+        ("torch", torch.__version__),
+        ("python", platform.python_version()),
+        ("cpu", _cpu_model()),
+        ("_C", "loaded" if _ext.available() else f"not loaded ({_ext.load_error})"),
+        ("cpu capability", _ext.cpu_capability()),
+        ("detected capability", _ext._C.detected_cpu_capability() if _ext.available() else "-"),
+        ("cuda kernels compiled", str(bool(_ext.available() and _ext._C.has_cuda))),
+        ("cuda device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+        ("backends (cpu, float32)", ", ".join(fastlstm.available_backends("cpu"))),
+        ("default backend", fastlstm.get_backend()),
+        ("threads", str(torch.get_num_threads())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fastlstm.check import run_check
+
+    return run_check(verbose=args.verbose)
+
+
+COMMANDS = {
+    "info": (cmd_info, "versions, CPU capability, compiled backends, threads"),
+    "check": (cmd_check, "run every available backend against the reference and print pass/fail"),
+}
+
+
+def _add_optional_commands() -> None:
+    """Subcommands that live in their own modules register here."""
+    try:
+        from fastlstm.bench.cli import register as register_bench
+    except ImportError:
+        return
+    register_bench(COMMANDS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _add_optional_commands()
+    parser = argparse.ArgumentParser(prog="fastlstm", description="fastlstm: fast LSTM kernels for PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        if name == "check":
+            p.add_argument("-v", "--verbose", action="store_true", help="print every comparison")
+        configure = getattr(func, "configure", None)
+        if configure is not None:
+            configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
