@@ -1,6 +1,7 @@
 """The ``fastlstm`` command (also ``python -m fastlstm``).
 
-Subcommands: ``info``, ``check``; others register themselves in COMMANDS.
+Subcommands: ``info``, ``check``; ``bench`` and ``demo`` register themselves
+from their own modules (PLUGIN_MODULES).
 """
 
 from __future__ import annotations
@@ -59,13 +60,22 @@ COMMANDS = {
 }
 
 
+# Modules that add subcommands: each has `register(commands)` that adds
+# name -> (function, help) entries; a function may have `.configure(parser)`.
+PLUGIN_MODULES = ("fastlstm.bench.cli", "fastlstm.demos")
+
+
 def _add_optional_commands() -> None:
-    """Subcommands that live in their own modules register here."""
-    try:
-        from fastlstm.bench.cli import register as register_bench
-    except ImportError:
-        return
-    register_bench(COMMANDS)
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that part of fastlstm is not present
+            raise
+        module.register(COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
