@@ -218,6 +218,7 @@ def lstm(
     training: bool = False,
     lengths: Tensor | None = None,
     backend: str | None = None,
+    record: list | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Stacked, optionally bidirectional and projected LSTM (time-major).
 
@@ -225,6 +226,9 @@ def lstm(
     nn.LSTM's ``_flat_weights`` order; lengths: (B,) int64 CPU or None (padded
     input: outputs past each length are zero, states are each sequence's last).
     Returns output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H).
+    When ``record`` is a list, the kernels' gate activations (T, B, D, 4H) and
+    cell states (T, B, D, H) of every layer are appended to it as
+    ``(layer, gates, cells)`` (for inspection; costs nothing otherwise).
 
     >>> m = torch.nn.LSTM(8, 16, num_layers=2)
     >>> out, h_n, c_n = lstm(torch.randn(5, 3, 8), None, list(m._flat_weights), num_layers=2)
@@ -263,7 +267,9 @@ def lstm(
         w_hr = _stack([w[-1] for w in dirs]) if proj_size > 0 else None
         h0 = h0_all[layer * D : (layer + 1) * D]
         c0 = c0_all[layer * D : (layer + 1) * D]
-        y, hn, cn, _, _ = recurrence(gx, w_hh, w_hr, h0, c0, lengths, save)
+        y, hn, cn, gates, cells = recurrence(gx, w_hh, w_hr, h0, c0, lengths, save)
+        if record is not None:
+            record.append((layer, gates.detach(), cells.detach()))
         h_n.append(hn)
         c_n.append(cn)
         layer_input = y.reshape(T, B, D * P)
