@@ -28,6 +28,9 @@ struct LstmRecurrenceFwdParams {
   T* cn = nullptr;      // (D, B, H) final cell state
   T* gates = nullptr;   // (T, B, D, G) gate activations, or null (inference)
   T* cells = nullptr;   // (T, B, D, H) cell state after each step, or null (inference)
+  // Optional: w_hh repacked by cpu::lstm_pack_weights for the active fp32
+  // kernel (read-only, cached by the op layer); null means pack internally.
+  const T* w_hh_packed = nullptr;
   int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0, proj = 0;
   int num_threads = 1;
 };
@@ -49,6 +52,9 @@ struct LstmRecurrenceBwdParams {
   T* dh0 = nullptr;      // (D, B, P)
   T* dc0 = nullptr;      // (D, B, H)
   T* dhproj = nullptr;   // (T, B, D, P) gradient w.r.t. each projected h (for dW_hr), null when not projecting
+  // Optional: w_hh repacked by cpu::lstm_pack_weights for the active fp32
+  // kernel (read-only, cached by the op layer); null means pack internally.
+  const T* w_hh_packed = nullptr;
   int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0, proj = 0;
   int num_threads = 1;
 };

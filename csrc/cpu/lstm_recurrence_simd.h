@@ -1,0 +1,390 @@
+// Fused fp32 LSTM recurrence with SIMD intrinsics, templated on a vector
+// traits struct (Avx512 / Avx2 below). Included by the ISA translation units
+// only; everything has internal linkage.
+//
+// One call runs one task: one direction `d` and a range of batch rows
+// [b0, b1) over all time steps. Rows are independent, so tasks never
+// synchronise; the dispatcher runs tasks on the thread pool.
+//
+// Packed weights (lstm_pack.cpp writes them, W = vector width):
+//   forward:  per direction, block j of W hidden units, step k of P:
+//             fwd[((j * P + k) * 4 + gate) * W + u] = w_hh[gate * H + j*W + u][k]
+//   backward: per direction, block kb of W columns of w_hh:
+//             bwd[(kb * G + r) * W + u] = w_hh[r][kb*W + u]
+//   (zero where the unit / column index runs past H / P).
+//
+// Bitwise reproducibility: every output lane is accumulated in the same order
+// (gx first, then k = 0..P-1, or r = 0..G-1) whatever rows or blocks share a
+// micro-kernel call, so the result does not depend on how rows are grouped
+// into tasks, i.e. on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "fastlstm/lstm_params.h"
+#include "fastlstm/vec_math.h"
+
+namespace fastlstm {
+namespace cpu {
+namespace {
+
+#if defined(__AVX512F__)
+struct Avx512 {
+  using V = __m512;
+  static constexpr int W = 16;
+  static constexpr int kMaxRows = 4;  // rows per micro-kernel: 4 rows x 4 gates = 16 accumulators
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static V loadn(const float* p, int n) { return n >= W ? load(p) : _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void storen(float* p, V v, int n) {
+    if (n >= W) store(p, v);
+    else _mm512_mask_storeu_ps(p, mask(n), v);
+  }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V sigmoid(V x) { return vec::sigmoid16(x); }
+  static V tanh(V x) { return vec::tanh16(x); }
+};
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+struct Avx2 {
+  using V = __m256;
+  static constexpr int W = 8;
+  static constexpr int kMaxRows = 2;  // 16 registers: 2 rows x 4 gates accumulators + operands
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V loadn(const float* p, int n) { return n >= W ? load(p) : _mm256_maskload_ps(p, mask(n)); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void storen(float* p, V v, int n) {
+    if (n >= W) store(p, v);
+    else _mm256_maskstore_ps(p, mask(n), v);
+  }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V sigmoid(V x) { return vec::sigmoid8(x); }
+  static V tanh(V x) { return vec::tanh8(x); }
+};
+#endif
+
+inline int64_t round_up(int64_t n, int64_t w) { return (n + w - 1) / w * w; }
+inline int64_t step_time(int64_t s, int64_t d, int64_t T) { return d == 1 ? T - 1 - s : s; }
+
+// Scratch floats one task of `rows` rows needs (see the carve-up in the kernels).
+template <class A>
+int64_t simd_task_scratch(int64_t rows, int64_t H, int64_t P) {
+  const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W);
+  return (rows + A::kMaxRows) * (2 * Hp + 2 * Pp);
+}
+
+// ---------------------------------------------------------------- forward
+
+// Gate pre-activations of N rows for NB consecutive unit blocks starting at
+// block j, then the cell update. h[r] points to row r's h_{t-1} (P floats).
+template <class A, int N, int NB>
+inline void fwd_blocks(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t j, const float* const* gx,
+                       const float* const* h, float* const* c, float* const* hpre, float* const* gsave,
+                       float* const* csave) {
+  using V = typename A::V;
+  const int64_t H = p.hidden, P = p.proj;
+  V acc[N][NB][4];
+  int valid[NB];
+  for (int q = 0; q < NB; ++q) {
+    const int64_t u0 = (j + q) * A::W;
+    valid[q] = static_cast<int>(std::min<int64_t>(A::W, H - u0));
+    for (int r = 0; r < N; ++r)
+      for (int g = 0; g < 4; ++g) acc[r][q][g] = A::loadn(gx[r] + g * H + u0, valid[q]);
+  }
+  const float* w = wf + j * P * 4 * A::W;
+  for (int64_t k = 0; k < P; ++k) {
+    V hb[N];
+    for (int r = 0; r < N; ++r) hb[r] = A::set1(h[r][k]);
+    for (int q = 0; q < NB; ++q) {
+      const float* wq = w + (q * P + k) * 4 * A::W;
+      for (int g = 0; g < 4; ++g) {
+        const V wv = A::load(wq + g * A::W);
+        for (int r = 0; r < N; ++r) acc[r][q][g] = A::fma(wv, hb[r], acc[r][q][g]);
+      }
+    }
+  }
+  for (int q = 0; q < NB; ++q) {
+    const int64_t u0 = (j + q) * A::W;
+    for (int r = 0; r < N; ++r) {
+      const V i = A::sigmoid(acc[r][q][0]);
+      const V f = A::sigmoid(acc[r][q][1]);
+      const V g = A::tanh(acc[r][q][2]);
+      const V o = A::sigmoid(acc[r][q][3]);
+      const V cn = A::fma(f, A::load(c[r] + u0), A::mul(i, g));
+      A::store(c[r] + u0, cn);
+      A::store(hpre[r] + u0, A::mul(o, A::tanh(cn)));
+      if (gsave) {
+        A::storen(gsave[r] + u0, i, valid[q]);
+        A::storen(gsave[r] + H + u0, f, valid[q]);
+        A::storen(gsave[r] + 2 * H + u0, g, valid[q]);
+        A::storen(gsave[r] + 3 * H + u0, o, valid[q]);
+        A::storen(csave[r] + u0, cn, valid[q]);
+      }
+    }
+  }
+}
+
+// One step of N active rows (batch indices rows[0..N)).
+template <class A, int N>
+void fwd_rows(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* rows,
+              int64_t b0, float* hs, float* cs, float* hpre_buf) {
+  const int64_t B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  const float* gx[N];
+  const float* h[N];
+  float* c[N];
+  float* hpre[N];
+  float* gsave[N];
+  float* csave[N];
+  for (int r = 0; r < N; ++r) {
+    const int64_t row = (t * B + rows[r]) * D + d;
+    gx[r] = p.gx + row * G;
+    h[r] = hs + (rows[r] - b0) * P;
+    c[r] = cs + (rows[r] - b0) * Hp;
+    hpre[r] = hpre_buf + r * Hp;
+    gsave[r] = p.gates ? p.gates + row * G : nullptr;
+    csave[r] = p.cells ? p.cells + row * H : nullptr;
+  }
+  float* const* gs = p.gates ? gsave : nullptr;
+  // Few rows: two unit blocks per pass keep 8+ independent FMA chains in flight.
+  constexpr int NB = N <= 2 ? 2 : 1;
+  int64_t j = 0;
+  for (; j + NB <= Hb; j += NB) fwd_blocks<A, N, NB>(p, wf, j, gx, h, c, hpre, gs, csave);
+  for (; j < Hb; ++j) fwd_blocks<A, N, 1>(p, wf, j, gx, h, c, hpre, gs, csave);
+  // New hidden state (projected when w_hr is given) -> state and output.
+  const float* whr = p.w_hr ? p.w_hr + d * P * H : nullptr;
+  for (int r = 0; r < N; ++r) {
+    float* hrow = hs + (rows[r] - b0) * P;
+    if (whr) {
+      for (int64_t q = 0; q < P; ++q) {
+        const float* wq = whr + q * H;
+        float acc = 0.f;
+        for (int64_t k = 0; k < H; ++k) acc += wq[k] * hpre[r][k];
+        hrow[q] = acc;
+      }
+    } else {
+      std::memcpy(hrow, hpre[r], sizeof(float) * H);
+    }
+    std::memcpy(p.y + ((t * B + rows[r]) * D + d) * P, hrow, sizeof(float) * P);
+  }
+}
+
+template <class A>
+void simd_recurrence_fwd_task(const LstmRecurrenceFwdParams<float>& p, const float* packed, int64_t d, int64_t b0,
+                              int64_t b1, float* scratch) {
+  const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  const int64_t nb = b1 - b0;
+  const float* wf = packed + d * Hb * P * 4 * A::W;
+  float* hs = scratch;          // (nb, P) hidden state
+  float* cs = hs + nb * P;      // (nb, Hp) cell state, padded lanes stay finite
+  float* hpre = cs + nb * Hp;   // (kMaxRows, Hp) o * tanh(c) before projection
+  for (int64_t b = b0; b < b1; ++b) {
+    std::memcpy(hs + (b - b0) * P, p.h0 + (d * B + b) * P, sizeof(float) * P);
+    std::memcpy(cs + (b - b0) * Hp, p.c0 + (d * B + b) * H, sizeof(float) * H);
+    std::memset(cs + (b - b0) * Hp + H, 0, sizeof(float) * (Hp - H));
+  }
+  int64_t rows[A::kMaxRows];
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = step_time(s, d, T_);
+    int n = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (p.lengths && t >= p.lengths[b]) {
+        // Past this sequence's end: zero outputs, state untouched.
+        const int64_t row = (t * B + b) * D + d;
+        std::memset(p.y + row * P, 0, sizeof(float) * P);
+        if (p.gates) std::memset(p.gates + row * G, 0, sizeof(float) * G);
+        if (p.cells) std::memset(p.cells + row * H, 0, sizeof(float) * H);
+        continue;
+      }
+      rows[n++] = b;
+      if (n == A::kMaxRows) {
+        fwd_rows<A, A::kMaxRows>(p, wf, d, t, rows, b0, hs, cs, hpre);
+        n = 0;
+      }
+    }
+    switch (n) {
+      case 1: fwd_rows<A, 1>(p, wf, d, t, rows, b0, hs, cs, hpre); break;
+      case 2: if constexpr (A::kMaxRows > 2) fwd_rows<A, 2>(p, wf, d, t, rows, b0, hs, cs, hpre); break;
+      case 3: if constexpr (A::kMaxRows > 3) fwd_rows<A, 3>(p, wf, d, t, rows, b0, hs, cs, hpre); break;
+      default: break;
+    }
+  }
+  for (int64_t b = b0; b < b1; ++b) {
+    std::memcpy(p.hn + (d * B + b) * P, hs + (b - b0) * P, sizeof(float) * P);
+    std::memcpy(p.cn + (d * B + b) * H, cs + (b - b0) * Hp, sizeof(float) * H);
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+// dh_{t-1} for N rows and KB column blocks starting at kb: sum over r of
+// dgates[r] * w_hh[r][cols]; dg[r] points to the row's G gate gradients.
+template <class A, int N, int KB>
+inline void bwd_matvec(const float* wb, int64_t G, int64_t P, int64_t kb, const float* const* dg, float* const* dh) {
+  using V = typename A::V;
+  V acc[N][KB];
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < KB; ++q) acc[r][q] = A::zero();
+  const float* w = wb + kb * G * A::W;
+  for (int64_t g = 0; g < G; ++g) {
+    V db[N];
+    for (int r = 0; r < N; ++r) db[r] = A::set1(dg[r][g]);
+    for (int q = 0; q < KB; ++q) {
+      const V wv = A::load(w + (q * G + g) * A::W);
+      for (int r = 0; r < N; ++r) acc[r][q] = A::fma(wv, db[r], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < KB; ++q) A::store(dh[r] + (kb + q) * A::W, acc[r][q]);
+  (void)P;
+}
+
+template <class A, int N>
+void bwd_rows(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t, const int64_t* rows,
+              int64_t b0, float* dhs, float* dcs, float* dhp_buf, float* dhpre_buf) {
+  using V = typename A::V;
+  const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W), Pb = Pp / A::W;
+  const float* whr = p.w_hr ? p.w_hr + d * P * H : nullptr;
+  const float* dgc[N];
+  float* dh[N];
+  for (int r = 0; r < N; ++r) {
+    const int64_t b = rows[r];
+    const int64_t row = (t * B + b) * D + d;
+    float* dhrow = dhs + (b - b0) * Pp;
+    float* dcrow = dcs + (b - b0) * Hp;
+    float* dhp = dhp_buf + r * Pp;
+    float* dhpre = dhpre_buf + r * Hp;
+    const float* dy = p.dy + row * P;
+    for (int64_t q = 0; q < P; ++q) dhp[q] = dy[q] + dhrow[q];
+    if (whr) {
+      if (p.dhproj) std::memcpy(p.dhproj + row * P, dhp, sizeof(float) * P);
+      std::fill(dhpre, dhpre + Hp, 0.f);
+      for (int64_t q = 0; q < P; ++q) {
+        const float* wq = whr + q * H;
+        const float a = dhp[q];
+        for (int64_t k = 0; k < H; ++k) dhpre[k] += wq[k] * a;
+      }
+    } else {
+      std::memcpy(dhpre, dhp, sizeof(float) * H);
+      std::fill(dhpre + H, dhpre + Hp, 0.f);
+    }
+    const int64_t len = p.lengths ? p.lengths[b] : T_;
+    const bool first = d == 1 ? (t + 1 >= len) : (t == 0);
+    const float* cprev = first ? p.c0 + (d * B + b) * H : p.cells + (((d == 1 ? t + 1 : t - 1) * B + b) * D + d) * H;
+    const float* gs = p.gates + row * G;
+    const float* cs = p.cells + row * H;
+    float* dg = p.dgates + row * G;
+    const V one = A::set1(1.f);
+    for (int64_t u0 = 0; u0 < Hp; u0 += A::W) {
+      const int n = static_cast<int>(std::min<int64_t>(A::W, H - u0));
+      const V i = A::loadn(gs + u0, n), f = A::loadn(gs + H + u0, n);
+      const V g = A::loadn(gs + 2 * H + u0, n), o = A::loadn(gs + 3 * H + u0, n);
+      const V c = A::loadn(cs + u0, n), cp = A::loadn(cprev + u0, n);
+      const V dhv = A::load(dhpre + u0), dcv = A::load(dcrow + u0);
+      const V tc = A::tanh(c);
+      const V dct = A::fma(A::mul(dhv, o), A::sub(one, A::mul(tc, tc)), dcv);
+      A::storen(dg + u0, A::mul(A::mul(dct, g), A::mul(i, A::sub(one, i))), n);
+      A::storen(dg + H + u0, A::mul(A::mul(dct, cp), A::mul(f, A::sub(one, f))), n);
+      A::storen(dg + 2 * H + u0, A::mul(A::mul(dct, i), A::sub(one, A::mul(g, g))), n);
+      A::storen(dg + 3 * H + u0, A::mul(A::mul(dhv, tc), A::mul(o, A::sub(one, o))), n);
+      A::store(dcrow + u0, A::mul(dct, f));
+    }
+    dgc[r] = dg;
+    dh[r] = dhrow;
+  }
+  constexpr int KB = N == 1 ? 8 : (N == 2 ? 4 : 2);
+  int64_t kb = 0;
+  for (; kb + KB <= Pb; kb += KB) bwd_matvec<A, N, KB>(wb, G, P, kb, dgc, dh);
+  for (; kb < Pb; ++kb) bwd_matvec<A, N, 1>(wb, G, P, kb, dgc, dh);
+}
+
+template <class A>
+void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const float* packed, int64_t d, int64_t b0,
+                              int64_t b1, float* scratch) {
+  const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W, Pp = round_up(P, A::W), Pb = Pp / A::W;
+  const int64_t nb = b1 - b0;
+  const float* wb = packed + D * Hb * P * 4 * A::W + d * Pb * G * A::W;
+  float* dhs = scratch;                    // (nb, Pp) running dL/dh_{t}
+  float* dcs = dhs + nb * Pp;              // (nb, Hp) running dL/dc_{t}
+  float* dhp = dcs + nb * Hp;              // (kMaxRows, Pp)
+  float* dhpre = dhp + A::kMaxRows * Pp;   // (kMaxRows, Hp)
+  for (int64_t b = b0; b < b1; ++b) {
+    float* dh = dhs + (b - b0) * Pp;
+    float* dc = dcs + (b - b0) * Hp;
+    std::fill(dh, dh + Pp, 0.f);
+    std::fill(dc, dc + Hp, 0.f);
+    if (p.dhn) std::memcpy(dh, p.dhn + (d * B + b) * P, sizeof(float) * P);
+    if (p.dcn) std::memcpy(dc, p.dcn + (d * B + b) * H, sizeof(float) * H);
+  }
+  int64_t rows[A::kMaxRows];
+  for (int64_t s = T_ - 1; s >= 0; --s) {
+    const int64_t t = step_time(s, d, T_);
+    int n = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (p.lengths && t >= p.lengths[b]) {
+        const int64_t row = (t * B + b) * D + d;
+        std::memset(p.dgates + row * G, 0, sizeof(float) * G);
+        if (p.dhproj) std::memset(p.dhproj + row * P, 0, sizeof(float) * P);
+        continue;
+      }
+      rows[n++] = b;
+      if (n == A::kMaxRows) {
+        bwd_rows<A, A::kMaxRows>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre);
+        n = 0;
+      }
+    }
+    switch (n) {
+      case 1: bwd_rows<A, 1>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre); break;
+      case 2: if constexpr (A::kMaxRows > 2) bwd_rows<A, 2>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre); break;
+      case 3: if constexpr (A::kMaxRows > 3) bwd_rows<A, 3>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre); break;
+      default: break;
+    }
+  }
+  for (int64_t b = b0; b < b1; ++b) {
+    std::memcpy(p.dh0 + (d * B + b) * P, dhs + (b - b0) * Pp, sizeof(float) * P);
+    std::memcpy(p.dc0 + (d * B + b) * H, dcs + (b - b0) * Hp, sizeof(float) * H);
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastlstm
+
+// Defines the task entry points of one ISA (float: SIMD; double: see dispatch).
+#define FASTLSTM_DEFINE_SIMD_RECURRENCE_VARIANT(isa, Traits)                                              \
+  namespace fastlstm {                                                                                    \
+  namespace cpu {                                                                                         \
+  int lstm_vector_width_##isa() { return Traits::W; }                                                     \
+  int64_t lstm_task_scratch_##isa(int64_t rows, int64_t H, int64_t P) {                                   \
+    return simd_task_scratch<Traits>(rows, H, P);                                                         \
+  }                                                                                                       \
+  void lstm_recurrence_fwd_task_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,       \
+                                      int64_t d, int64_t b0, int64_t b1, float* scratch) {                \
+    simd_recurrence_fwd_task<Traits>(p, packed, d, b0, b1, scratch);                                      \
+  }                                                                                                       \
+  void lstm_recurrence_bwd_task_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,       \
+                                      int64_t d, int64_t b0, int64_t b1, float* scratch) {                \
+    simd_recurrence_bwd_task<Traits>(p, packed, d, b0, b1, scratch);                                      \
+  }                                                                                                       \
+  }                                                                                                       \
+  }
