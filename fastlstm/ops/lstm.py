@@ -9,6 +9,9 @@ here by torch; the kernels do only the sequential part (see
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,6 +25,9 @@ from fastlstm.ops._alloc import empty
 # --------------------------------------------------------------------------
 
 
+_DTYPE_NAME = {torch.float32: "float32", torch.float64: "float64"}
+
+
 def _dims(gx: Tensor, w_hh: Tensor) -> tuple[int, int, int, int, int]:
     T, B, D, G = gx.shape
     return T, B, D, G // 4, w_hh.shape[-1]
@@ -33,6 +39,43 @@ def _check_lengths(lengths: Tensor | None) -> Tensor | None:
     if lengths.device.type != "cpu" or lengths.dtype != torch.int64:
         raise TypeError(f"lengths must be an int64 CPU tensor, got {lengths.dtype} on {lengths.device}")
     return lengths.contiguous()
+
+
+# Packed recurrent weights for the SIMD kernels, cached against the weight
+# tensor's storage address, version counter, shape and the active CPU level.
+# An entry keeps its weight tensor alive, so no other tensor can take that
+# address while the entry exists; in-place updates bump the version.
+_PACK_CACHE: OrderedDict = OrderedDict()
+_PACK_CACHE_SIZE = 16
+_PACK_LOCK = threading.Lock()
+
+
+def _packed_w_hh(w_hh: Tensor, D: int, H: int, P: int) -> Tensor | None:
+    """The packed form of ``w_hh`` for the active kernel, or None when it reads w_hh directly."""
+    if w_hh.dtype != torch.float32 or _ext._C is None:
+        return None
+    capability = _ext._C.cpu_capability()
+    try:
+        key = (w_hh.data_ptr(), w_hh._version, tuple(w_hh.shape), capability)
+    except RuntimeError:  # inference tensors have no version counter: pack, don't cache
+        key = None
+    if key is not None:
+        with _PACK_LOCK:
+            hit = _PACK_CACHE.get(key)
+            if hit is not None:
+                _PACK_CACHE.move_to_end(key)
+                return hit[1]
+    n = _ext._C.lstm_packed_weights_size("float32", D, H, P)
+    if n == 0:
+        return None
+    packed = torch.empty(n, dtype=torch.float32)
+    _ext._C.lstm_pack_weights("float32", _ext.buf(w_hh), _ext.buf(packed), D, H, P)
+    if key is not None:
+        with _PACK_LOCK:
+            _PACK_CACHE[key] = (w_hh.detach(), packed)
+            while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
+                _PACK_CACHE.popitem(last=False)
+    return packed
 
 
 @torch.library.custom_op("fastlstm::lstm_recurrence", mutates_args=(), device_types="cpu")
@@ -66,12 +109,12 @@ def lstm_recurrence(
     cells = empty(T, B, D, H, like=gx) if save_for_backward else gx.new_empty(0)
     buf = _ext.buf
     _ext._C.lstm_recurrence_fwd(
-        str(gx.dtype).removeprefix("torch."),
+        _DTYPE_NAME.get(gx.dtype, str(gx.dtype)),
         buf(gx), buf(w_hh), buf(w_hr), buf(h0), buf(c0), buf(lengths),
         buf(y), buf(hn), buf(cn),
         buf(gates) if save_for_backward else (0, 0),
         buf(cells) if save_for_backward else (0, 0),
-        T, B, D, H, P, torch.get_num_threads(),
+        T, B, D, H, P, torch.get_num_threads(), buf(_packed_w_hh(w_hh, D, H, P)),
     )
     return y, hn, cn, gates, cells
 
@@ -115,10 +158,10 @@ def lstm_recurrence_backward(
     dhproj = empty(T, B, D, P, like=dy) if w_hr is not None else dy.new_empty(0)
     buf = _ext.buf
     _ext._C.lstm_recurrence_bwd(
-        str(dy.dtype).removeprefix("torch."),
+        _DTYPE_NAME.get(dy.dtype, str(dy.dtype)),
         buf(dy), buf(dhn), buf(dcn), buf(w_hh), buf(w_hr), buf(c0), buf(gates), buf(cells),
         buf(lengths), buf(dgates), buf(dh0), buf(dc0), buf(dhproj) if w_hr is not None else (0, 0),
-        T, B, D, H, P, torch.get_num_threads(),
+        T, B, D, H, P, torch.get_num_threads(), buf(_packed_w_hh(w_hh, D, H, P)),
     )
     return dgates, dh0, dc0, dhproj
 
@@ -205,6 +248,52 @@ def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
+def _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
+    """Per layer: (w_ih of both directions (D*4H, I), fused bias (D*4H) or None,
+    w_hh (D, 4H, P), w_hr (D, P, H) or None), built with differentiable ops."""
+    out = []
+    for layer in range(num_layers):
+        dirs = [weights[(layer * D + d) * per_dir : (layer * D + d + 1) * per_dir] for d in range(D)]
+        w_ih = torch.cat([w[0] for w in dirs]) if D == 2 else dirs[0][0]
+        bias = None
+        if has_bias:
+            bias = torch.cat([w[2] + w[3] for w in dirs]) if D == 2 else dirs[0][2] + dirs[0][3]
+        w_hh = _stack([w[1] for w in dirs])
+        w_hr = _stack([w[-1] for w in dirs]) if proj_size > 0 else None
+        out.append((w_ih, bias, w_hh, w_hr))
+    return out
+
+
+# Concatenated weights and fused biases for inference, per set of weights
+# (storage address + version counter of every tensor). Entries keep their
+# weights alive so an address cannot be reused by another tensor meanwhile.
+_WEIGHT_CACHE: OrderedDict = OrderedDict()
+_WEIGHT_CACHE_SIZE = 16
+_WEIGHT_LOCK = threading.Lock()
+
+
+def _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
+    try:
+        key = (num_layers, D, has_bias, proj_size) + tuple((w.data_ptr(), w._version) for w in weights)
+    except RuntimeError:  # inference tensors carry no version counter
+        return _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
+    with _WEIGHT_LOCK:
+        hit = _WEIGHT_CACHE.get(key)
+        if hit is not None:
+            _WEIGHT_CACHE.move_to_end(key)
+            return hit[1]
+    # Built outside inference mode so the results have version counters (the
+    # packed-weight cache keys on them) and stay usable in any later mode.
+    with torch.inference_mode(False), torch.no_grad():
+        built = _layer_weights([w.detach() for w in weights], num_layers, D, per_dir, has_bias, proj_size)
+        built = [tuple(None if t is None else t.contiguous() for t in layer) for layer in built]
+    with _WEIGHT_LOCK:
+        _WEIGHT_CACHE[key] = (list(weights), built)
+        while len(_WEIGHT_CACHE) > _WEIGHT_CACHE_SIZE:
+            _WEIGHT_CACHE.popitem(last=False)
+    return built
+
+
 def lstm(
     x: Tensor,
     hx: tuple[Tensor, Tensor] | None,
@@ -253,18 +342,19 @@ def lstm(
     )
     layer_input = x
     h_n, c_n = [], []
+    grads_to_weights = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+    if grads_to_weights:
+        layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
+    else:
+        layer_weights = _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
     for layer in range(num_layers):
-        dirs = [weights[(layer * D + d) * per_dir : (layer * D + d + 1) * per_dir] for d in range(D)]
-        w_ih = torch.cat([w[0] for w in dirs]) if D == 2 else dirs[0][0]
+        w_ih, bias, w_hh, w_hr = layer_weights[layer]
         flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
-        if has_bias:
-            bias = torch.cat([w[2] + w[3] for w in dirs]) if D == 2 else dirs[0][2] + dirs[0][3]
+        if bias is not None:
             gx = torch.addmm(bias, flat_in, w_ih.t())
         else:
             gx = flat_in @ w_ih.t()
         gx = gx.view(T, B, D, 4 * H)
-        w_hh = _stack([w[1] for w in dirs])
-        w_hr = _stack([w[-1] for w in dirs]) if proj_size > 0 else None
         h0 = h0_all[layer * D : (layer + 1) * D]
         c0 = c0_all[layer * D : (layer + 1) * D]
         y, hn, cn, gates, cells = recurrence(gx, w_hh, w_hr, h0, c0, lengths, save)
