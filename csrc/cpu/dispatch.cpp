@@ -91,6 +91,7 @@ struct SimdVariant {
   int64_t (*scratch)(int64_t rows, int64_t H, int64_t P);
   void (*fwd)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
   void (*bwd)(const LstmRecurrenceBwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
+  void (*proj)(const LstmInputProjParams&, int64_t, int64_t, int64_t);
 };
 
 const SimdVariant* simd_variant() {
@@ -99,14 +100,15 @@ const SimdVariant* simd_variant() {
     case CpuCapability::Avx512Vnni:
     case CpuCapability::Avx512: {
       static const SimdVariant v{lstm_vector_width_avx512(), lstm_task_scratch_avx512,
-                                 lstm_recurrence_fwd_task_avx512, lstm_recurrence_bwd_task_avx512};
+                                 lstm_recurrence_fwd_task_avx512, lstm_recurrence_bwd_task_avx512,
+                                 lstm_input_proj_task_avx512};
       return &v;
     }
 #endif
 #if defined(FASTLSTM_HAVE_AVX2)
     case CpuCapability::Avx2: {
       static const SimdVariant v{lstm_vector_width_avx2(), lstm_task_scratch_avx2, lstm_recurrence_fwd_task_avx2,
-                                 lstm_recurrence_bwd_task_avx2};
+                                 lstm_recurrence_bwd_task_avx2, lstm_input_proj_task_avx2};
       return &v;
     }
 #endif
@@ -186,14 +188,42 @@ int lstm_packed_vector_width(bool is_double) {
   return v ? v->width : 0;
 }
 
-int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P) {
+int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only) {
   const int64_t W = lstm_packed_vector_width(is_double);
   if (W == 0) return 0;
   const int64_t Hb = (H + W - 1) / W, Pb = (P + W - 1) / W;
-  return D * (Hb * P * 4 * W + Pb * 4 * H * W);
+  return D * (Hb * P * 4 * W + (forward_only ? 0 : Pb * 4 * H * W));
 }
 
-void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width) {
+int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P) {
+  return lstm_packed_weights_size(is_double, D, H, P, false);
+}
+
+namespace {
+struct ProjJob {
+  const LstmInputProjParams* p;
+  const SimdVariant* v;
+  int64_t chunks;
+};
+void run_proj_task(void* ctx, int64_t task) {
+  auto* job = static_cast<ProjJob*>(ctx);
+  const int64_t n = job->p->rows, c = task % job->chunks;
+  job->v->proj(*job->p, task / job->chunks, n * c / job->chunks, n * (c + 1) / job->chunks);
+}
+}  // namespace
+
+void lstm_input_projection(const LstmInputProjParams& p) {
+  const SimdVariant* v = simd_variant();
+  if (!v) return;
+  // Row chunks of >= 32 rows per task: each task re-reads the weights from L2.
+  const int64_t per_dir = std::max<int64_t>(1, (p.num_threads + p.directions - 1) / p.directions);
+  const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, p.rows / 32));
+  ProjJob job{&p, v, chunks};
+  parallel_tasks(p.directions * chunks, p.num_threads, run_proj_task, &job);
+}
+
+void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width,
+                       bool forward_only) {
   const int64_t W = width, G = 4 * H;
   const int64_t Hb = (H + W - 1) / W, Pb = (P + W - 1) / W;
   float* fwd = packed;
@@ -208,6 +238,7 @@ void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, i
             const int64_t unit = j * W + u;
             f[((j * P + k) * 4 + g) * W + u] = unit < H ? w[(g * H + unit) * P + k] : 0.f;
           }
+    if (forward_only) continue;
     float* b = bwd + d * Pb * G * W;
     for (int64_t kb = 0; kb < Pb; ++kb)
       for (int64_t r = 0; r < G; ++r)

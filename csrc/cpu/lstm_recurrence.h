@@ -27,7 +27,13 @@ int lstm_packed_vector_width(bool is_double);
 // Elements of the packed weight buffer for D directions, or 0 (no packing).
 int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P);
 // Packs w_hh (D, 4H, P) for the active fp32 kernel (layout: lstm_recurrence_simd.h).
-void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width);
+// forward_only: only the forward part (how w_ih (D, 4H, I) is packed, P := I).
+int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only);
+void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width,
+                       bool forward_only = false);
+// gx = w_ih · x + bias on the SIMD kernels and the thread pool (fp32, needs a
+// SIMD level: lstm_packed_vector_width(false) > 0).
+void lstm_input_projection(const LstmInputProjParams& p);
 
 #define FASTLSTM_DECLARE_RECURRENCE_VARIANT(isa)                                     \
   void lstm_recurrence_fwd_##isa(const LstmRecurrenceFwdParams<float>& p, float* scratch);   \
@@ -41,7 +47,8 @@ void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, i
   void lstm_recurrence_fwd_task_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,     \
                                       int64_t d, int64_t b0, int64_t b1, float* scratch);              \
   void lstm_recurrence_bwd_task_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,     \
-                                      int64_t d, int64_t b0, int64_t b1, float* scratch);
+                                      int64_t d, int64_t b0, int64_t b1, float* scratch);              \
+  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1);
 
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(scalar)
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(avx2)

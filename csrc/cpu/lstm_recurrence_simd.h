@@ -366,6 +366,54 @@ void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const flo
   }
 }
 
+// ---------------------------------------------------------------- input projection
+
+// N rows x one unit block j of direction d: bias + w_ih · x, all four gates.
+template <class A, int N>
+inline void proj_block(const LstmInputProjParams& p, const float* wj, const float* bias, int64_t d, int64_t j,
+                       const int64_t r0) {
+  using V = typename A::V;
+  const int64_t H = p.hidden, I = p.input, G = 4 * H, D = p.directions;
+  const int64_t u0 = j * A::W;
+  const int valid = static_cast<int>(std::min<int64_t>(A::W, H - u0));
+  V acc[N][4];
+  for (int g = 0; g < 4; ++g) {
+    const V b0 = bias ? A::loadn(bias + g * H + u0, valid) : A::zero();
+    for (int r = 0; r < N; ++r) acc[r][g] = b0;
+  }
+  const float* x[N];
+  for (int r = 0; r < N; ++r) x[r] = p.x + (r0 + r) * I;
+  for (int64_t k = 0; k < I; ++k) {
+    V xb[N];
+    for (int r = 0; r < N; ++r) xb[r] = A::set1(x[r][k]);
+    for (int g = 0; g < 4; ++g) {
+      const V wv = A::load(wj + (k * 4 + g) * A::W);
+      for (int r = 0; r < N; ++r) acc[r][g] = A::fma(wv, xb[r], acc[r][g]);
+    }
+  }
+  for (int r = 0; r < N; ++r) {
+    float* out = p.gx + ((r0 + r) * D + d) * G + u0;
+    for (int g = 0; g < 4; ++g) A::storen(out + g * H, acc[r][g], valid);
+  }
+}
+
+// Rows [r0, r1) of direction d. Loop order keeps one block's weights
+// (4 * W * I floats) in L1 while the rows stream past.
+template <class A>
+void simd_input_proj_task(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1) {
+  const int64_t H = p.hidden, I = p.input;
+  const int64_t Hb = round_up(H, A::W) / A::W;
+  const float* wd = p.w_packed + d * Hb * I * 4 * A::W;
+  const float* bias = p.bias ? p.bias + d * 4 * H : nullptr;
+  constexpr int R = A::kMaxRows;
+  for (int64_t j = 0; j < Hb; ++j) {
+    const float* wj = wd + j * I * 4 * A::W;
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) proj_block<A, R>(p, wj, bias, d, j, r);
+    for (; r < r1; ++r) proj_block<A, 1>(p, wj, bias, d, j, r);
+  }
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace fastlstm
@@ -385,6 +433,9 @@ void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const flo
   void lstm_recurrence_bwd_task_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,       \
                                       int64_t d, int64_t b0, int64_t b1, float* scratch) {                \
     simd_recurrence_bwd_task<Traits>(p, packed, d, b0, b1, scratch);                                      \
+  }                                                                                                       \
+  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1) {      \
+    simd_input_proj_task<Traits>(p, d, r0, r1);                                                           \
   }                                                                                                       \
   }                                                                                                       \
   }

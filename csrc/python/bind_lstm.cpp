@@ -104,6 +104,13 @@ void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_
   cpu::lstm_recurrence_bwd<T>(p);
 }
 
+void check_pack_dims(int64_t D, int64_t H, int64_t P, bool forward_only, const char* fn) {
+  if (D != 1 && D != 2) throw py::value_error(std::string(fn) + ": directions must be 1 or 2");
+  if (H < 1) throw py::value_error(std::string(fn) + ": hidden_size must be >= 1");
+  if (P < 1 || (!forward_only && P > H))
+    throw py::value_error(std::string(fn) + (forward_only ? ": input size must be >= 1" : ": proj must be in [1, hidden_size]"));
+}
+
 bool is_float64(const std::string& dtype, const char* fn) {
   if (dtype == "float32") return false;
   if (dtype == "float64") return true;
@@ -152,32 +159,56 @@ void bind_lstm(py::module_& m) {
       py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{0, 0});
   m.def(
       "lstm_packed_weights_size",
-      [](const std::string& dtype, int64_t D, int64_t H, int64_t P) {
-        const Dims d{0, 0, D, H, P};
-        check_dims(d, "lstm_packed_weights_size");
-        return cpu::lstm_packed_weights_size(is_float64(dtype, "lstm_packed_weights_size"), D, H, P);
+      [](const std::string& dtype, int64_t D, int64_t H, int64_t P, bool forward_only) {
+        const char* fn = "lstm_packed_weights_size";
+        check_pack_dims(D, H, P, forward_only, fn);
+        return cpu::lstm_packed_weights_size(is_float64(dtype, fn), D, H, P, forward_only);
       },
-      "Elements of the packed w_hh buffer the active CPU kernel wants for (directions, hidden, proj); "
-      "0 when it reads w_hh directly (fp64, scalar level).",
-      py::arg("dtype"), py::arg("directions"), py::arg("hidden"), py::arg("proj"));
+      "Elements of the packed buffer the active CPU kernel wants for w_hh (directions, 4*hidden, proj), "
+      "or with forward_only=True for w_ih (directions, 4*hidden, input) passed as proj; 0 when the "
+      "active kernel reads the weights directly (fp64, scalar level).",
+      py::arg("dtype"), py::arg("directions"), py::arg("hidden"), py::arg("proj"), py::arg("forward_only") = false);
   m.def(
       "lstm_pack_weights",
-      [](const std::string& dtype, Buf w_hh, Buf packed, int64_t D, int64_t H, int64_t P) {
+      [](const std::string& dtype, Buf w_hh, Buf packed, int64_t D, int64_t H, int64_t P, bool forward_only) {
         const char* fn = "lstm_pack_weights";
-        const Dims d{0, 0, D, H, P};
-        check_dims(d, fn);
+        check_pack_dims(D, H, P, forward_only, fn);
         const bool f64 = is_float64(dtype, fn);
-        const int64_t n = cpu::lstm_packed_weights_size(f64, D, H, P);
+        const int64_t n = cpu::lstm_packed_weights_size(f64, D, H, P, forward_only);
         if (n == 0) throw py::value_error(std::string(fn) + ": the active CPU kernel takes no packed weights");
         const float* w = checked_ptr<const float>(w_hh, checked_mul({D, 4, H, P}, fn, "w_hh"), true, fn, "w_hh");
         float* out = checked_ptr<float>(packed, n, true, fn, "packed");
         const int width = cpu::lstm_packed_vector_width(f64);
         py::gil_scoped_release release;
-        cpu::lstm_pack_weights(w, out, D, H, P, width);
+        cpu::lstm_pack_weights(w, out, D, H, P, width, forward_only);
       },
-      "Repacks w_hh (D, 4H, P) into the active fp32 kernel's layout (size from lstm_packed_weights_size).",
+      "Repacks weights (D, 4H, P) into the active fp32 kernel's layout (size from lstm_packed_weights_size).",
       py::arg("dtype"), py::arg("w_hh"), py::arg("packed"), py::arg("directions"), py::arg("hidden"),
-      py::arg("proj"));
+      py::arg("proj"), py::arg("forward_only") = false);
+  m.def(
+      "lstm_input_projection",
+      [](const std::string& dtype, Buf x, Buf w_packed, Buf bias, Buf gx, int64_t N, int64_t D, int64_t H,
+         int64_t I, int num_threads) {
+        const char* fn = "lstm_input_projection";
+        check_pack_dims(D, H, I, true, fn);
+        if (N < 0) throw py::value_error(std::string(fn) + ": rows must be >= 0");
+        if (is_float64(dtype, fn) || cpu::lstm_packed_vector_width(false) == 0)
+          throw py::value_error(std::string(fn) + ": needs float32 and an AVX2 or AVX-512 CPU kernel");
+        LstmInputProjParams p;
+        p.x = checked_ptr<const float>(x, checked_mul({N, I}, fn, "x"), true, fn, "x");
+        p.w_packed = checked_ptr<const float>(w_packed, cpu::lstm_packed_weights_size(false, D, H, I, true), true,
+                                              fn, "w_packed (packed for another CPU capability?)");
+        p.bias = checked_ptr<const float>(bias, checked_mul({D, 4, H}, fn, "bias"), false, fn, "bias");
+        p.gx = checked_ptr<float>(gx, checked_mul({N, D, 4, H}, fn, "gx"), true, fn, "gx");
+        p.rows = N, p.directions = D, p.hidden = H, p.input = I;
+        p.num_threads = num_threads < 1 ? 1 : num_threads;
+        py::gil_scoped_release release;
+        cpu::lstm_input_projection(p);
+      },
+      "gx (rows, D, 4H) = x (rows, I) · w_ihᵀ + bias for one layer, both directions, fp32, on the "
+      "SIMD kernels; w_packed from lstm_pack_weights(..., forward_only=True).",
+      py::arg("dtype"), py::arg("x"), py::arg("w_packed"), py::arg("bias"), py::arg("gx"), py::arg("rows"),
+      py::arg("directions"), py::arg("hidden"), py::arg("input"), py::arg("num_threads") = 1);
 }
 
 }  // namespace binding

@@ -50,13 +50,14 @@ _PACK_CACHE_SIZE = 16
 _PACK_LOCK = threading.Lock()
 
 
-def _packed_w_hh(w_hh: Tensor, D: int, H: int, P: int) -> Tensor | None:
-    """The packed form of ``w_hh`` for the active kernel, or None when it reads w_hh directly."""
-    if w_hh.dtype != torch.float32 or _ext._C is None:
+def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Tensor | None:
+    """``w`` (D, 4H, P) packed for the active kernel (``forward_only``: w_ih, P = input
+    size), or None when the active kernel reads the weights directly."""
+    if w.dtype != torch.float32 or _ext._C is None:
         return None
     capability = _ext._C.cpu_capability()
     try:
-        key = (w_hh.data_ptr(), w_hh._version, tuple(w_hh.shape), capability)
+        key = (w.data_ptr(), w._version, tuple(w.shape), capability, forward_only)
     except RuntimeError:  # inference tensors have no version counter: pack, don't cache
         key = None
     if key is not None:
@@ -65,17 +66,64 @@ def _packed_w_hh(w_hh: Tensor, D: int, H: int, P: int) -> Tensor | None:
             if hit is not None:
                 _PACK_CACHE.move_to_end(key)
                 return hit[1]
-    n = _ext._C.lstm_packed_weights_size("float32", D, H, P)
+    n = _ext._C.lstm_packed_weights_size("float32", D, H, P, forward_only)
     if n == 0:
         return None
     packed = torch.empty(n, dtype=torch.float32)
-    _ext._C.lstm_pack_weights("float32", _ext.buf(w_hh), _ext.buf(packed), D, H, P)
+    _ext._C.lstm_pack_weights("float32", _ext.buf(w.contiguous()), _ext.buf(packed), D, H, P, forward_only)
     if key is not None:
         with _PACK_LOCK:
-            _PACK_CACHE[key] = (w_hh.detach(), packed)
+            _PACK_CACHE[key] = (w.detach(), packed)
             while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
                 _PACK_CACHE.popitem(last=False)
     return packed
+
+
+@torch.library.custom_op("fastlstm::lstm_input_projection", mutates_args=(), device_types="cpu")
+def lstm_input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int) -> Tensor:
+    """Input gates of every step for one layer, all directions: x · w_ihᵀ + bias.
+
+    x: (N, I); w_ih: (D*4H, I) (directions concatenated); bias: (D*4H,) or None.
+    Returns (N, D*4H). fp32 runs the SIMD kernel on the fastlstm thread pool
+    (no torch intra-op threads); otherwise torch's GEMM.
+
+    >>> gx = lstm_input_projection(torch.randn(10, 8), torch.randn(64, 8), None, 1)
+    """
+    N, I = x.shape
+    G = w_ih.shape[0] // directions
+    packed = _packed(w_ih, directions, G // 4, I, True) if N > 0 and I > 0 else None
+    if packed is None:
+        return torch.addmm(bias, x, w_ih.t()) if bias is not None else x @ w_ih.t()
+    x = x.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    gx = empty(N, directions * G, like=x)
+    _ext._C.lstm_input_projection(
+        "float32", _ext.buf(x), _ext.buf(packed), _ext.buf(bias), _ext.buf(gx),
+        N, directions, G // 4, I, torch.get_num_threads(),
+    )
+    return gx
+
+
+@lstm_input_projection.register_fake
+def _(x, w_ih, bias, directions):
+    return x.new_empty(x.shape[0], w_ih.shape[0])
+
+
+def _projection_setup_context(ctx, inputs, output):
+    x, w_ih, bias, _ = inputs
+    ctx.save_for_backward(x, w_ih)
+    ctx.has_bias = bias is not None
+
+
+def _projection_backward(ctx, dgx):
+    x, w_ih = ctx.saved_tensors
+    dx = dgx @ w_ih if ctx.needs_input_grad[0] else None
+    dw = dgx.t() @ x if ctx.needs_input_grad[1] else None
+    db = dgx.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db, None
+
+
+lstm_input_projection.register_autograd(_projection_backward, setup_context=_projection_setup_context)
 
 
 @torch.library.custom_op("fastlstm::lstm_recurrence", mutates_args=(), device_types="cpu")
@@ -114,7 +162,7 @@ def lstm_recurrence(
         buf(y), buf(hn), buf(cn),
         buf(gates) if save_for_backward else (0, 0),
         buf(cells) if save_for_backward else (0, 0),
-        T, B, D, H, P, torch.get_num_threads(), buf(_packed_w_hh(w_hh, D, H, P)),
+        T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)),
     )
     return y, hn, cn, gates, cells
 
@@ -161,7 +209,7 @@ def lstm_recurrence_backward(
         _DTYPE_NAME.get(dy.dtype, str(dy.dtype)),
         buf(dy), buf(dhn), buf(dcn), buf(w_hh), buf(w_hr), buf(c0), buf(gates), buf(cells),
         buf(lengths), buf(dgates), buf(dh0), buf(dc0), buf(dhproj) if w_hr is not None else (0, 0),
-        T, B, D, H, P, torch.get_num_threads(), buf(_packed_w_hh(w_hh, D, H, P)),
+        T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)),
     )
     return dgates, dh0, dc0, dhproj
 
@@ -350,7 +398,9 @@ def lstm(
     for layer in range(num_layers):
         w_ih, bias, w_hh, w_hr = layer_weights[layer]
         flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
-        if bias is not None:
+        if backend == "cpu":
+            gx = torch.ops.fastlstm.lstm_input_projection(flat_in, w_ih, bias, D)
+        elif bias is not None:
             gx = torch.addmm(bias, flat_in, w_ih.t())
         else:
             gx = flat_in @ w_ih.t()

@@ -59,4 +59,15 @@ struct LstmRecurrenceBwdParams {
   int num_threads = 1;
 };
 
+// Input projection of every step for one layer, both directions (fp32):
+// gx[n, d, :] = w_ih[d] · x[n, :] + bias[d] for n < rows.
+struct LstmInputProjParams {
+  const float* x = nullptr;         // (rows, I) layer input, rows = T * B
+  const float* w_packed = nullptr;  // w_ih (D, 4H, I) in the recurrence's forward packed layout (P := I)
+  const float* bias = nullptr;      // (D, 4H) b_ih + b_hh, or null
+  float* gx = nullptr;              // (rows, D, 4H)
+  int64_t rows = 0, directions = 1, hidden = 0, input = 0;
+  int num_threads = 1;
+};
+
 }  // namespace fastlstm
