@@ -87,7 +87,9 @@ inline int64_t step_time(int64_t s, int64_t d, int64_t T) { return d == 1 ? T - 
 template <class A>
 int64_t simd_task_scratch(int64_t rows, int64_t H, int64_t P) {
   const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W);
-  return (rows + A::kMaxRows) * (2 * Hp + 2 * Pp);
+  // fwd: hs (rows, P) + cs, hpre (rows, Hp) + act (rows int64);
+  // bwd: dhs (rows, Pp) + dcs (rows, Hp) + one row of temporaries + act.
+  return (rows + 1) * (2 * Hp + 2 * Pp) + 2 * rows + 16;
 }
 
 // ---------------------------------------------------------------- forward
@@ -141,12 +143,12 @@ inline void fwd_blocks(const LstmRecurrenceFwdParams<float>& p, const float* wf,
   }
 }
 
-// One step of N active rows (batch indices rows[0..N)).
-template <class A, int N>
-void fwd_rows(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* rows,
-              int64_t b0, float* hs, float* cs, float* hpre_buf) {
+// Unit blocks [j, j + NB) of N active rows (batch indices rows[0..N)) at time t.
+template <class A, int N, int NB>
+inline void fwd_group(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t,
+                      const int64_t* rows, int64_t b0, int64_t j, const float* hs, float* cs, float* hpre_all) {
   const int64_t B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
-  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  const int64_t Hp = round_up(H, A::W);
   const float* gx[N];
   const float* h[N];
   float* c[N];
@@ -158,31 +160,58 @@ void fwd_rows(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t 
     gx[r] = p.gx + row * G;
     h[r] = hs + (rows[r] - b0) * P;
     c[r] = cs + (rows[r] - b0) * Hp;
-    hpre[r] = hpre_buf + r * Hp;
+    hpre[r] = hpre_all + (rows[r] - b0) * Hp;
     gsave[r] = p.gates ? p.gates + row * G : nullptr;
     csave[r] = p.cells ? p.cells + row * H : nullptr;
   }
-  float* const* gs = p.gates ? gsave : nullptr;
-  // Few rows: two unit blocks per pass keep 8+ independent FMA chains in flight.
-  constexpr int NB = N <= 2 ? 2 : 1;
+  fwd_blocks<A, N, NB>(p, wf, j, gx, h, c, hpre, p.gates ? gsave : nullptr, csave);
+}
+
+// Tail of n < kMaxRows rows: two unit blocks per pass keep 8 independent FMA
+// chains in flight (per-lane arithmetic is the same as in full groups).
+template <class A, int N>
+void fwd_tail(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* rows,
+              int64_t b0, int64_t Hb, const float* hs, float* cs, float* hpre) {
   int64_t j = 0;
-  for (; j + NB <= Hb; j += NB) fwd_blocks<A, N, NB>(p, wf, j, gx, h, c, hpre, gs, csave);
-  for (; j < Hb; ++j) fwd_blocks<A, N, 1>(p, wf, j, gx, h, c, hpre, gs, csave);
+  for (; j + 2 <= Hb; j += 2) fwd_group<A, N, 2>(p, wf, d, t, rows, b0, j, hs, cs, hpre);
+  for (; j < Hb; ++j) fwd_group<A, N, 1>(p, wf, d, t, rows, b0, j, hs, cs, hpre);
+}
+
+// One time step of the active rows act[0..n). Unit blocks are the outer
+// loop so one block's weights stay in L1/L2 while every row group uses them.
+template <class A>
+void fwd_step(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* act,
+              int64_t n, int64_t b0, float* hs, float* cs, float* hpre) {
+  const int64_t H = p.hidden, P = p.proj, B = p.batch, D = p.directions;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  constexpr int R = A::kMaxRows;
+  const int64_t full = n / R * R;
+  if (full > 0)
+    for (int64_t j = 0; j < Hb; ++j)
+      for (int64_t g = 0; g < full; g += R) fwd_group<A, R, 1>(p, wf, d, t, act + g, b0, j, hs, cs, hpre);
+  switch (n - full) {
+    case 1: fwd_tail<A, 1>(p, wf, d, t, act + full, b0, Hb, hs, cs, hpre); break;
+    case 2: if constexpr (R > 2) fwd_tail<A, 2>(p, wf, d, t, act + full, b0, Hb, hs, cs, hpre); break;
+    case 3: if constexpr (R > 3) fwd_tail<A, 3>(p, wf, d, t, act + full, b0, Hb, hs, cs, hpre); break;
+    default: break;
+  }
   // New hidden state (projected when w_hr is given) -> state and output.
   const float* whr = p.w_hr ? p.w_hr + d * P * H : nullptr;
-  for (int r = 0; r < N; ++r) {
-    float* hrow = hs + (rows[r] - b0) * P;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t b = act[r];
+    float* hrow = hs + (b - b0) * P;
+    const float* hp = hpre + (b - b0) * Hp;
     if (whr) {
       for (int64_t q = 0; q < P; ++q) {
         const float* wq = whr + q * H;
         float acc = 0.f;
-        for (int64_t k = 0; k < H; ++k) acc += wq[k] * hpre[r][k];
+        for (int64_t k = 0; k < H; ++k) acc += wq[k] * hp[k];
         hrow[q] = acc;
       }
     } else {
-      std::memcpy(hrow, hpre[r], sizeof(float) * H);
+      std::memcpy(hrow, hp, sizeof(float) * H);
     }
-    std::memcpy(p.y + ((t * B + rows[r]) * D + d) * P, hrow, sizeof(float) * P);
+    std::memcpy(p.y + ((t * B + b) * D + d) * P, hrow, sizeof(float) * P);
   }
 }
 
@@ -195,16 +224,17 @@ void simd_recurrence_fwd_task(const LstmRecurrenceFwdParams<float>& p, const flo
   const float* wf = packed + d * Hb * P * 4 * A::W;
   float* hs = scratch;          // (nb, P) hidden state
   float* cs = hs + nb * P;      // (nb, Hp) cell state, padded lanes stay finite
-  float* hpre = cs + nb * Hp;   // (kMaxRows, Hp) o * tanh(c) before projection
+  float* hpre = cs + nb * Hp;   // (nb, Hp) o * tanh(c) before projection
+  // (nb) active rows of a step; the offset is rounded up to keep int64 alignment.
+  int64_t* act = reinterpret_cast<int64_t*>(scratch + round_up(nb * P + 2 * nb * Hp, 2));
   for (int64_t b = b0; b < b1; ++b) {
     std::memcpy(hs + (b - b0) * P, p.h0 + (d * B + b) * P, sizeof(float) * P);
     std::memcpy(cs + (b - b0) * Hp, p.c0 + (d * B + b) * H, sizeof(float) * H);
     std::memset(cs + (b - b0) * Hp + H, 0, sizeof(float) * (Hp - H));
   }
-  int64_t rows[A::kMaxRows];
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = step_time(s, d, T_);
-    int n = 0;
+    int64_t n = 0;
     for (int64_t b = b0; b < b1; ++b) {
       if (p.lengths && t >= p.lengths[b]) {
         // Past this sequence's end: zero outputs, state untouched.
@@ -214,18 +244,9 @@ void simd_recurrence_fwd_task(const LstmRecurrenceFwdParams<float>& p, const flo
         if (p.cells) std::memset(p.cells + row * H, 0, sizeof(float) * H);
         continue;
       }
-      rows[n++] = b;
-      if (n == A::kMaxRows) {
-        fwd_rows<A, A::kMaxRows>(p, wf, d, t, rows, b0, hs, cs, hpre);
-        n = 0;
-      }
+      act[n++] = b;
     }
-    switch (n) {
-      case 1: fwd_rows<A, 1>(p, wf, d, t, rows, b0, hs, cs, hpre); break;
-      case 2: if constexpr (A::kMaxRows > 2) fwd_rows<A, 2>(p, wf, d, t, rows, b0, hs, cs, hpre); break;
-      case 3: if constexpr (A::kMaxRows > 3) fwd_rows<A, 3>(p, wf, d, t, rows, b0, hs, cs, hpre); break;
-      default: break;
-    }
+    fwd_step<A>(p, wf, d, t, act, n, b0, hs, cs, hpre);
   }
   for (int64_t b = b0; b < b1; ++b) {
     std::memcpy(p.hn + (d * B + b) * P, hs + (b - b0) * P, sizeof(float) * P);
@@ -257,64 +278,99 @@ inline void bwd_matvec(const float* wb, int64_t G, int64_t P, int64_t kb, const 
   (void)P;
 }
 
-template <class A, int N>
-void bwd_rows(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t, const int64_t* rows,
-              int64_t b0, float* dhs, float* dcs, float* dhp_buf, float* dhpre_buf) {
+// Elementwise backward of one active row b at time t: dgates (to p.dgates)
+// and the running dL/dc; dhp / dhpre are one row of temporaries.
+template <class A>
+void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int64_t b, int64_t b0, float* dhs,
+              float* dcs, float* dhp, float* dhpre) {
   using V = typename A::V;
   const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
-  const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W), Pb = Pp / A::W;
+  const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W);
   const float* whr = p.w_hr ? p.w_hr + d * P * H : nullptr;
-  const float* dgc[N];
+  const int64_t row = (t * B + b) * D + d;
+  const float* dhrow = dhs + (b - b0) * Pp;
+  float* dcrow = dcs + (b - b0) * Hp;
+  const float* dy = p.dy + row * P;
+  for (int64_t q = 0; q < P; ++q) dhp[q] = dy[q] + dhrow[q];
+  if (whr) {
+    if (p.dhproj) std::memcpy(p.dhproj + row * P, dhp, sizeof(float) * P);
+    std::fill(dhpre, dhpre + Hp, 0.f);
+    for (int64_t q = 0; q < P; ++q) {
+      const float* wq = whr + q * H;
+      const float a = dhp[q];
+      for (int64_t k = 0; k < H; ++k) dhpre[k] += wq[k] * a;
+    }
+  } else {
+    std::memcpy(dhpre, dhp, sizeof(float) * H);
+    std::fill(dhpre + H, dhpre + Hp, 0.f);
+  }
+  const int64_t len = p.lengths ? p.lengths[b] : T_;
+  const bool first = d == 1 ? (t + 1 >= len) : (t == 0);
+  const float* cprev = first ? p.c0 + (d * B + b) * H : p.cells + (((d == 1 ? t + 1 : t - 1) * B + b) * D + d) * H;
+  const float* gs = p.gates + row * G;
+  const float* cs = p.cells + row * H;
+  float* dg = p.dgates + row * G;
+  const V one = A::set1(1.f);
+  for (int64_t u0 = 0; u0 < Hp; u0 += A::W) {
+    const int n = static_cast<int>(std::min<int64_t>(A::W, H - u0));
+    const V i = A::loadn(gs + u0, n), f = A::loadn(gs + H + u0, n);
+    const V g = A::loadn(gs + 2 * H + u0, n), o = A::loadn(gs + 3 * H + u0, n);
+    const V c = A::loadn(cs + u0, n), cp = A::loadn(cprev + u0, n);
+    const V dhv = A::load(dhpre + u0), dcv = A::load(dcrow + u0);
+    const V tc = A::tanh(c);
+    const V dct = A::fma(A::mul(dhv, o), A::sub(one, A::mul(tc, tc)), dcv);
+    A::storen(dg + u0, A::mul(A::mul(dct, g), A::mul(i, A::sub(one, i))), n);
+    A::storen(dg + H + u0, A::mul(A::mul(dct, cp), A::mul(f, A::sub(one, f))), n);
+    A::storen(dg + 2 * H + u0, A::mul(A::mul(dct, i), A::sub(one, A::mul(g, g))), n);
+    A::storen(dg + 3 * H + u0, A::mul(A::mul(dhv, tc), A::mul(o, A::sub(one, o))), n);
+    A::store(dcrow + u0, A::mul(dct, f));
+  }
+}
+
+template <class A, int N, int KB>
+inline void bwd_group(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t,
+                      const int64_t* rows, int64_t b0, int64_t kb, float* dhs) {
+  const int64_t B = p.batch, D = p.directions, G = 4 * p.hidden, Pp = round_up(p.proj, A::W);
+  const float* dg[N];
   float* dh[N];
   for (int r = 0; r < N; ++r) {
-    const int64_t b = rows[r];
-    const int64_t row = (t * B + b) * D + d;
-    float* dhrow = dhs + (b - b0) * Pp;
-    float* dcrow = dcs + (b - b0) * Hp;
-    float* dhp = dhp_buf + r * Pp;
-    float* dhpre = dhpre_buf + r * Hp;
-    const float* dy = p.dy + row * P;
-    for (int64_t q = 0; q < P; ++q) dhp[q] = dy[q] + dhrow[q];
-    if (whr) {
-      if (p.dhproj) std::memcpy(p.dhproj + row * P, dhp, sizeof(float) * P);
-      std::fill(dhpre, dhpre + Hp, 0.f);
-      for (int64_t q = 0; q < P; ++q) {
-        const float* wq = whr + q * H;
-        const float a = dhp[q];
-        for (int64_t k = 0; k < H; ++k) dhpre[k] += wq[k] * a;
-      }
-    } else {
-      std::memcpy(dhpre, dhp, sizeof(float) * H);
-      std::fill(dhpre + H, dhpre + Hp, 0.f);
-    }
-    const int64_t len = p.lengths ? p.lengths[b] : T_;
-    const bool first = d == 1 ? (t + 1 >= len) : (t == 0);
-    const float* cprev = first ? p.c0 + (d * B + b) * H : p.cells + (((d == 1 ? t + 1 : t - 1) * B + b) * D + d) * H;
-    const float* gs = p.gates + row * G;
-    const float* cs = p.cells + row * H;
-    float* dg = p.dgates + row * G;
-    const V one = A::set1(1.f);
-    for (int64_t u0 = 0; u0 < Hp; u0 += A::W) {
-      const int n = static_cast<int>(std::min<int64_t>(A::W, H - u0));
-      const V i = A::loadn(gs + u0, n), f = A::loadn(gs + H + u0, n);
-      const V g = A::loadn(gs + 2 * H + u0, n), o = A::loadn(gs + 3 * H + u0, n);
-      const V c = A::loadn(cs + u0, n), cp = A::loadn(cprev + u0, n);
-      const V dhv = A::load(dhpre + u0), dcv = A::load(dcrow + u0);
-      const V tc = A::tanh(c);
-      const V dct = A::fma(A::mul(dhv, o), A::sub(one, A::mul(tc, tc)), dcv);
-      A::storen(dg + u0, A::mul(A::mul(dct, g), A::mul(i, A::sub(one, i))), n);
-      A::storen(dg + H + u0, A::mul(A::mul(dct, cp), A::mul(f, A::sub(one, f))), n);
-      A::storen(dg + 2 * H + u0, A::mul(A::mul(dct, i), A::sub(one, A::mul(g, g))), n);
-      A::storen(dg + 3 * H + u0, A::mul(A::mul(dhv, tc), A::mul(o, A::sub(one, o))), n);
-      A::store(dcrow + u0, A::mul(dct, f));
-    }
-    dgc[r] = dg;
-    dh[r] = dhrow;
+    dg[r] = p.dgates + ((t * B + rows[r]) * D + d) * G;
+    dh[r] = dhs + (rows[r] - b0) * Pp;
   }
+  bwd_matvec<A, N, KB>(wb, G, p.proj, kb, dg, dh);
+}
+
+template <class A, int N>
+void bwd_tail(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t, const int64_t* rows,
+              int64_t b0, int64_t Pb, float* dhs) {
   constexpr int KB = N == 1 ? 8 : (N == 2 ? 4 : 2);
   int64_t kb = 0;
-  for (; kb + KB <= Pb; kb += KB) bwd_matvec<A, N, KB>(wb, G, P, kb, dgc, dh);
-  for (; kb < Pb; ++kb) bwd_matvec<A, N, 1>(wb, G, P, kb, dgc, dh);
+  for (; kb + KB <= Pb; kb += KB) bwd_group<A, N, KB>(p, wb, d, t, rows, b0, kb, dhs);
+  for (; kb < Pb; ++kb) bwd_group<A, N, 1>(p, wb, d, t, rows, b0, kb, dhs);
+}
+
+// dh_{t-1} of the active rows, column blocks outer so their weights are
+// reused by every row group while cached.
+template <class A>
+void bwd_step_matvec(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t,
+                     const int64_t* act, int64_t n, int64_t b0, float* dhs) {
+  const int64_t Pb = round_up(p.proj, A::W) / A::W;
+  constexpr int R = A::kMaxRows;
+  constexpr int KB = R >= 4 ? 4 : 2;
+  const int64_t full = n / R * R;
+  if (full > 0) {
+    int64_t kb = 0;
+    for (; kb + KB <= Pb; kb += KB)
+      for (int64_t g = 0; g < full; g += R) bwd_group<A, R, KB>(p, wb, d, t, act + g, b0, kb, dhs);
+    for (; kb < Pb; ++kb)
+      for (int64_t g = 0; g < full; g += R) bwd_group<A, R, 1>(p, wb, d, t, act + g, b0, kb, dhs);
+  }
+  switch (n - full) {
+    case 1: bwd_tail<A, 1>(p, wb, d, t, act + full, b0, Pb, dhs); break;
+    case 2: if constexpr (R > 2) bwd_tail<A, 2>(p, wb, d, t, act + full, b0, Pb, dhs); break;
+    case 3: if constexpr (R > 3) bwd_tail<A, 3>(p, wb, d, t, act + full, b0, Pb, dhs); break;
+    default: break;
+  }
 }
 
 template <class A>
@@ -324,10 +380,11 @@ void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const flo
   const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W, Pp = round_up(P, A::W), Pb = Pp / A::W;
   const int64_t nb = b1 - b0;
   const float* wb = packed + D * Hb * P * 4 * A::W + d * Pb * G * A::W;
-  float* dhs = scratch;                    // (nb, Pp) running dL/dh_{t}
-  float* dcs = dhs + nb * Pp;              // (nb, Hp) running dL/dc_{t}
-  float* dhp = dcs + nb * Hp;              // (kMaxRows, Pp)
-  float* dhpre = dhp + A::kMaxRows * Pp;   // (kMaxRows, Hp)
+  float* dhs = scratch;          // (nb, Pp) running dL/dh_t
+  float* dcs = dhs + nb * Pp;    // (nb, Hp) running dL/dc_t
+  float* dhp = dcs + nb * Hp;    // (Pp) one row's dL/d(projected h)
+  float* dhpre = dhp + Pp;       // (Hp) one row's dL/d(o * tanh(c))
+  int64_t* act = reinterpret_cast<int64_t*>(dhpre + Hp);  // (nb) active rows of a step
   for (int64_t b = b0; b < b1; ++b) {
     float* dh = dhs + (b - b0) * Pp;
     float* dc = dcs + (b - b0) * Hp;
@@ -336,10 +393,9 @@ void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const flo
     if (p.dhn) std::memcpy(dh, p.dhn + (d * B + b) * P, sizeof(float) * P);
     if (p.dcn) std::memcpy(dc, p.dcn + (d * B + b) * H, sizeof(float) * H);
   }
-  int64_t rows[A::kMaxRows];
   for (int64_t s = T_ - 1; s >= 0; --s) {
     const int64_t t = step_time(s, d, T_);
-    int n = 0;
+    int64_t n = 0;
     for (int64_t b = b0; b < b1; ++b) {
       if (p.lengths && t >= p.lengths[b]) {
         const int64_t row = (t * B + b) * D + d;
@@ -347,18 +403,10 @@ void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const flo
         if (p.dhproj) std::memset(p.dhproj + row * P, 0, sizeof(float) * P);
         continue;
       }
-      rows[n++] = b;
-      if (n == A::kMaxRows) {
-        bwd_rows<A, A::kMaxRows>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre);
-        n = 0;
-      }
+      act[n++] = b;
+      bwd_cell<A>(p, d, t, b, b0, dhs, dcs, dhp, dhpre);
     }
-    switch (n) {
-      case 1: bwd_rows<A, 1>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre); break;
-      case 2: if constexpr (A::kMaxRows > 2) bwd_rows<A, 2>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre); break;
-      case 3: if constexpr (A::kMaxRows > 3) bwd_rows<A, 3>(p, wb, d, t, rows, b0, dhs, dcs, dhp, dhpre); break;
-      default: break;
-    }
+    bwd_step_matvec<A>(p, wb, d, t, act, n, b0, dhs);
   }
   for (int64_t b = b0; b < b1; ++b) {
     std::memcpy(p.dh0 + (d * B + b) * P, dhs + (b - b0) * Pp, sizeof(float) * P);
@@ -406,11 +454,16 @@ void simd_input_proj_task(const LstmInputProjParams& p, int64_t d, int64_t r0, i
   const float* wd = p.w_packed + d * Hb * I * 4 * A::W;
   const float* bias = p.bias ? p.bias + d * 4 * H : nullptr;
   constexpr int R = A::kMaxRows;
-  for (int64_t j = 0; j < Hb; ++j) {
-    const float* wj = wd + j * I * 4 * A::W;
-    int64_t r = r0;
-    for (; r + R <= r1; r += R) proj_block<A, R>(p, wj, bias, d, j, r);
-    for (; r < r1; ++r) proj_block<A, 1>(p, wj, bias, d, j, r);
+  // Row tiles of ~64 KB of x stay in L2 while every unit block passes over them.
+  const int64_t tile = std::max<int64_t>(R, (16384 / std::max<int64_t>(I, 1)) / R * R);
+  for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+    const int64_t t1 = std::min(r1, t0 + tile);
+    for (int64_t j = 0; j < Hb; ++j) {
+      const float* wj = wd + j * I * 4 * A::W;
+      int64_t r = t0;
+      for (; r + R <= t1; r += R) proj_block<A, R>(p, wj, bias, d, j, r);
+      for (; r < t1; ++r) proj_block<A, 1>(p, wj, bias, d, j, r);
+    }
   }
 }
 

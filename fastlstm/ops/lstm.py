@@ -15,6 +15,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils import _python_dispatch
 
 from fastlstm import _backends, _ext
 from fastlstm import reference as _reference
@@ -26,6 +27,11 @@ from fastlstm.ops._alloc import empty
 
 
 _DTYPE_NAME = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _buf(t: Tensor | None) -> tuple[int, int]:
+    """(address, numel) of a dense tensor, (0, 0) for None (``_ext.buf`` for tensors only, cheaper)."""
+    return (0, 0) if t is None else (t.data_ptr(), t.numel())
 
 
 def _dims(gx: Tensor, w_hh: Tensor) -> tuple[int, int, int, int, int]:
@@ -70,7 +76,7 @@ def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Te
     if n == 0:
         return None
     packed = torch.empty(n, dtype=torch.float32)
-    _ext._C.lstm_pack_weights("float32", _ext.buf(w.contiguous()), _ext.buf(packed), D, H, P, forward_only)
+    _ext._C.lstm_pack_weights("float32", _buf(w.contiguous()), _buf(packed), D, H, P, forward_only)
     if key is not None:
         with _PACK_LOCK:
             _PACK_CACHE[key] = (w.detach(), packed)
@@ -79,8 +85,7 @@ def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Te
     return packed
 
 
-@torch.library.custom_op("fastlstm::lstm_input_projection", mutates_args=(), device_types="cpu")
-def lstm_input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int) -> Tensor:
+def _input_projection_impl(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int) -> Tensor:
     """Input gates of every step for one layer, all directions: x · w_ihᵀ + bias.
 
     x: (N, I); w_ih: (D*4H, I) (directions concatenated); bias: (D*4H,) or None.
@@ -98,10 +103,15 @@ def lstm_input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, directio
     bias = bias.contiguous() if bias is not None else None
     gx = empty(N, directions * G, like=x)
     _ext._C.lstm_input_projection(
-        "float32", _ext.buf(x), _ext.buf(packed), _ext.buf(bias), _ext.buf(gx),
+        "float32", _buf(x), _buf(packed), _buf(bias), _buf(gx),
         N, directions, G // 4, I, torch.get_num_threads(),
     )
     return gx
+
+
+lstm_input_projection = torch.library.custom_op(
+    "fastlstm::lstm_input_projection", _input_projection_impl, mutates_args=(), device_types="cpu"
+)
 
 
 @lstm_input_projection.register_fake
@@ -126,8 +136,7 @@ def _projection_backward(ctx, dgx):
 lstm_input_projection.register_autograd(_projection_backward, setup_context=_projection_setup_context)
 
 
-@torch.library.custom_op("fastlstm::lstm_recurrence", mutates_args=(), device_types="cpu")
-def lstm_recurrence(
+def _recurrence_impl(
     gx: Tensor,
     w_hh: Tensor,
     w_hr: Tensor | None,
@@ -155,7 +164,7 @@ def lstm_recurrence(
     cn = empty(D, B, H, like=gx)
     gates = empty(T, B, D, 4 * H, like=gx) if save_for_backward else gx.new_empty(0)
     cells = empty(T, B, D, H, like=gx) if save_for_backward else gx.new_empty(0)
-    buf = _ext.buf
+    buf = _buf
     _ext._C.lstm_recurrence_fwd(
         _DTYPE_NAME.get(gx.dtype, str(gx.dtype)),
         buf(gx), buf(w_hh), buf(w_hr), buf(h0), buf(c0), buf(lengths),
@@ -165,6 +174,11 @@ def lstm_recurrence(
         T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)),
     )
     return y, hn, cn, gates, cells
+
+
+lstm_recurrence = torch.library.custom_op(
+    "fastlstm::lstm_recurrence", _recurrence_impl, mutates_args=(), device_types="cpu"
+)
 
 
 @lstm_recurrence.register_fake
@@ -204,7 +218,7 @@ def lstm_recurrence_backward(
     dh0 = empty(D, B, P, like=dy)
     dc0 = empty(D, B, H, like=dy)
     dhproj = empty(T, B, D, P, like=dy) if w_hr is not None else dy.new_empty(0)
-    buf = _ext.buf
+    buf = _buf
     _ext._C.lstm_recurrence_bwd(
         _DTYPE_NAME.get(dy.dtype, str(dy.dtype)),
         buf(dy), buf(dhn), buf(dcn), buf(w_hh), buf(w_hr), buf(c0), buf(gates), buf(cells),
@@ -275,6 +289,20 @@ lstm_recurrence.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------
 # Stacked, bidirectional LSTM
 # --------------------------------------------------------------------------
+
+
+def _plain_eager(x: Tensor) -> bool:
+    """True when calling the ops' implementations directly is equivalent to
+    going through the dispatcher: eager, a plain CPU tensor, no tracing and no
+    torch function / dispatch mode that would want to see the op. Skipping
+    the custom-op machinery saves tens of microseconds per call (inference only:
+    autograd needs the registered ops)."""
+    return (
+        type(x) is Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_torch_function_mode_enabled()
+        and _python_dispatch._get_current_dispatch_mode() is None
+    )
 
 
 def _recurrence(backend: str):
@@ -395,11 +423,14 @@ def lstm(
         layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
     else:
         layer_weights = _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
+    projection = torch.ops.fastlstm.lstm_input_projection
+    if backend == "cpu" and not save and _plain_eager(x):
+        projection, recurrence = _input_projection_impl, _recurrence_impl
     for layer in range(num_layers):
         w_ih, bias, w_hh, w_hr = layer_weights[layer]
         flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
         if backend == "cpu":
-            gx = torch.ops.fastlstm.lstm_input_projection(flat_in, w_ih, bias, D)
+            gx = projection(flat_in, w_ih, bias, D)
         elif bias is not None:
             gx = torch.addmm(bias, flat_in, w_ih.t())
         else:

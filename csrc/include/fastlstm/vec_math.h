@@ -9,7 +9,7 @@
 // Method (Cephes-style, our own code):
 //   exp(x) = 2^n * e^r, n = round(x / ln 2), r = x - n ln 2 (ln 2 split in a
 //   hi and lo part so r is exact), e^r by a degree-6 polynomial on |r| <= ln2/2.
-//   sigmoid(x) = 1 / (1 + exp(-x)) with an exact division.
+//   sigmoid(x) = 1 / (1 + exp(-x)), the reciprocal as estimate + Newton step.
 //   tanh(x): |x| < 0.625 an odd polynomial (no cancellation near 0), else
 //   sign(x) * (1 - 2 / (exp(2|x|) + 1)).
 #pragma once
@@ -49,6 +49,13 @@ struct TanhConst {
 
 #if defined(__AVX512F__)
 
+// 1/x via the 14-bit estimate and one Newton step (~2^-28 before rounding):
+// a division costs several times more and would dominate the cell update.
+static inline __m512 rcp16(__m512 x) {
+  const __m512 r = _mm512_rcp14_ps(x);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
+}
+
 static inline __m512 exp16(__m512 x) {
   using C = ExpConst;
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(C::kMin)), _mm512_set1_ps(C::kMax));
@@ -70,7 +77,7 @@ static inline __m512 exp16(__m512 x) {
 
 static inline __m512 sigmoid16(__m512 x) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+  return rcp16(_mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
 static inline __m512 tanh16(__m512 x) {
@@ -79,7 +86,7 @@ static inline __m512 tanh16(__m512 x) {
   const __m512 ax = _mm512_abs_ps(x);
   // Large |x|: 1 - 2 / (exp(2|x|) + 1), sign restored below.
   const __m512 e = exp16(_mm512_add_ps(ax, ax));
-  const __m512 big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+  const __m512 big = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), rcp16(_mm512_add_ps(e, one)), one);
   // Small |x|: x + x^3 P(x^2).
   const __m512 z = _mm512_mul_ps(ax, ax);
   __m512 p = _mm512_set1_ps(C::kT0);
@@ -98,6 +105,12 @@ static inline __m512 tanh16(__m512 x) {
 #endif  // __AVX512F__
 
 #if defined(__AVX2__) && defined(__FMA__)
+
+// 1/x via the 12-bit estimate and one Newton step (~2^-24 before rounding).
+static inline __m256 rcp8(__m256 x) {
+  const __m256 r = _mm256_rcp_ps(x);
+  return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(2.0f)));
+}
 
 static inline __m256 exp8(__m256 x) {
   using C = ExpConst;
@@ -127,7 +140,7 @@ static inline __m256 exp8(__m256 x) {
 
 static inline __m256 sigmoid8(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
-  return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+  return rcp8(_mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
 }
 
 static inline __m256 tanh8(__m256 x) {
@@ -136,7 +149,7 @@ static inline __m256 tanh8(__m256 x) {
   const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
   const __m256 ax = _mm256_andnot_ps(sign_mask, x);
   const __m256 e = exp8(_mm256_add_ps(ax, ax));
-  const __m256 big = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+  const __m256 big = _mm256_fnmadd_ps(_mm256_set1_ps(2.0f), rcp8(_mm256_add_ps(e, one)), one);
   const __m256 z = _mm256_mul_ps(ax, ax);
   __m256 p = _mm256_set1_ps(C::kT0);
   p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(C::kT1));
