@@ -52,8 +52,15 @@ def _check_lengths(lengths: Tensor | None) -> Tensor | None:
 # An entry keeps its weight tensor alive, so no other tensor can take that
 # address while the entry exists; in-place updates bump the version.
 _PACK_CACHE: OrderedDict = OrderedDict()
-_PACK_CACHE_SIZE = 16
+_PACK_CACHE_SIZE = 64
 _PACK_LOCK = threading.Lock()
+
+
+def _cache_put(key, value) -> None:
+    with _PACK_LOCK:
+        _PACK_CACHE[key] = value
+        while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
+            _PACK_CACHE.popitem(last=False)
 
 
 def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Tensor | None:
@@ -63,7 +70,7 @@ def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Te
         return None
     capability = _ext._C.cpu_capability()
     try:
-        key = (w.data_ptr(), w._version, tuple(w.shape), capability, forward_only)
+        key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), capability, forward_only)
     except RuntimeError:  # inference tensors have no version counter: pack, don't cache
         key = None
     if key is not None:
@@ -78,11 +85,31 @@ def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Te
     packed = torch.empty(n, dtype=torch.float32)
     _ext._C.lstm_pack_weights("float32", _buf(w.contiguous()), _buf(packed), D, H, P, forward_only)
     if key is not None:
-        with _PACK_LOCK:
-            _PACK_CACHE[key] = (w.detach(), packed)
-            while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
-                _PACK_CACHE.popitem(last=False)
+        _cache_put(key, (w.detach(), packed))
     return packed
+
+
+def _prime_packed(w: Tensor, sources: list[Tensor], D: int, H: int, P: int, forward_only: bool) -> None:
+    """Training builds the stacked ``w`` afresh every call (it must stay in the
+    autograd graph); its packed form is cached against the source parameters
+    instead, and registered under ``w`` so the ops find it without repacking."""
+    if w.dtype != torch.float32 or _ext._C is None or torch.compiler.is_compiling() or type(w) is not Tensor:
+        return
+    try:
+        src_key = ("sources", _ext._C.cpu_capability(), forward_only, tuple(w.shape)) + tuple(
+            (t.data_ptr(), t._version, t.stride()) for t in sources
+        )
+        w_key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), src_key[1], forward_only)
+    except RuntimeError:
+        return
+    with _PACK_LOCK:
+        hit = _PACK_CACHE.get(src_key)
+    if hit is None:
+        packed = _packed(w.detach(), D, H, P, forward_only)
+        if packed is not None:
+            _cache_put(src_key, ([t.detach() for t in sources], packed))
+    else:
+        _cache_put(w_key, (w.detach(), hit[1]))
 
 
 def _input_projection_impl(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int) -> Tensor:
@@ -324,7 +351,7 @@ def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
-def _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
+def _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=False):
     """Per layer: (w_ih of both directions (D*4H, I), fused bias (D*4H) or None,
     w_hh (D, 4H, P), w_hr (D, P, H) or None), built with differentiable ops."""
     out = []
@@ -336,6 +363,10 @@ def _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
             bias = torch.cat([w[2] + w[3] for w in dirs]) if D == 2 else dirs[0][2] + dirs[0][3]
         w_hh = _stack([w[1] for w in dirs])
         w_hr = _stack([w[-1] for w in dirs]) if proj_size > 0 else None
+        if prime:
+            H, P = w_hh.shape[1] // 4, w_hh.shape[2]
+            _prime_packed(w_ih, [w[0] for w in dirs], D, H, w_ih.shape[1], True)
+            _prime_packed(w_hh, [w[1] for w in dirs], D, H, P, False)
         out.append((w_ih, bias, w_hh, w_hr))
     return out
 
@@ -420,7 +451,7 @@ def lstm(
     h_n, c_n = [], []
     grads_to_weights = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
     if grads_to_weights:
-        layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
+        layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=backend == "cpu")
     else:
         layer_weights = _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
     projection = torch.ops.fastlstm.lstm_input_projection
