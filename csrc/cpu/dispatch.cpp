@@ -122,6 +122,8 @@ const SimdVariant* simd_variant() {
 // load across rows. Rows are independent and every row's arithmetic is the
 // same in any chunk, so the plan never changes the result.
 constexpr int64_t kMinRows = 8;
+// Below this many multiply-adds per direction a call runs single-threaded.
+constexpr int64_t kMinParallelWork = int64_t{1} << 18;
 
 struct Plan {
   int64_t D, B, chunks;
@@ -167,7 +169,9 @@ void run_simd(const Params& p, const SimdVariant* v) {
     lstm_pack_weights(p.w_hh, own_packed.data(), p.directions, p.hidden, p.proj, v->width);
     packed = own_packed.data();
   }
-  const Plan plan = make_plan(p.directions, p.batch, p.num_threads);
+  // Tiny problems run on the calling thread: waking a worker costs more.
+  const int threads = p.seq_len * p.batch * p.hidden * p.proj < kMinParallelWork ? 1 : p.num_threads;
+  const Plan plan = make_plan(p.directions, p.batch, threads);
   const int64_t rows = (p.batch + plan.chunks - 1) / plan.chunks;
   // Per-task scratch rounded to 64 bytes so tasks never share a cache line.
   const int64_t per_task = (v->scratch(rows, p.hidden, p.proj) + 15) / 16 * 16;
@@ -175,7 +179,7 @@ void run_simd(const Params& p, const SimdVariant* v) {
   float* base = scratch.data();
   base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
   Job<Params> job{&p, v, packed, plan, base, per_task};
-  parallel_tasks(plan.tasks(), p.num_threads, run_task<Params, Fwd>, &job);
+  parallel_tasks(plan.tasks(), threads, run_task<Params, Fwd>, &job);
 }
 
 }  // namespace
@@ -216,10 +220,11 @@ void lstm_input_projection(const LstmInputProjParams& p) {
   const SimdVariant* v = simd_variant();
   if (!v) return;
   // Row chunks of >= 32 rows per task: each task re-reads the weights from L2.
-  const int64_t per_dir = std::max<int64_t>(1, (p.num_threads + p.directions - 1) / p.directions);
+  const int threads = p.rows * p.hidden * p.input < kMinParallelWork ? 1 : p.num_threads;
+  const int64_t per_dir = std::max<int64_t>(1, (threads + p.directions - 1) / p.directions);
   const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, p.rows / 32));
   ProjJob job{&p, v, chunks};
-  parallel_tasks(p.directions * chunks, p.num_threads, run_proj_task, &job);
+  parallel_tasks(p.directions * chunks, threads, run_proj_task, &job);
 }
 
 void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width,

@@ -204,7 +204,8 @@ def _run_with_threads(threads, args):
 def test_results_bitwise_identical_for_any_thread_count(D):
     torch.manual_seed(3)
     lengths = [11, 2, 7, 0, 11, 5, 9, 11, 1, 4, 11, 6, 3, 10, 8, 11, 2, 11, 7][: 19]
-    args = _inputs(11, 19, D, 24, 24, lengths, dtype=torch.float32)
+    # large enough (T*B*H*P >= 2^18) that the kernels really use the threads
+    args = _inputs(11, 19, D, 48, 48, lengths, dtype=torch.float32)
     one = _run_with_threads(1, args)
     for threads in (2, 3, 4):
         other = _run_with_threads(threads, args)
