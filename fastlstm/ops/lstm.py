@@ -121,6 +121,11 @@ def _input_projection_impl(x: Tensor, w_ih: Tensor, bias: Tensor | None, directi
 
     >>> gx = lstm_input_projection(torch.randn(10, 8), torch.randn(64, 8), None, 1)
     """
+    return _project(x, w_ih, bias, directions, None)
+
+
+def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int, out: Tensor | None) -> Tensor:
+    """Body of lstm_input_projection; ``out`` (N, D*4H) is an optional destination."""
     N, I = x.shape
     G = w_ih.shape[0] // directions
     packed = _packed(w_ih, directions, G // 4, I, True) if N > 0 and I > 0 else None
@@ -128,7 +133,7 @@ def _input_projection_impl(x: Tensor, w_ih: Tensor, bias: Tensor | None, directi
         return torch.addmm(bias, x, w_ih.t()) if bias is not None else x @ w_ih.t()
     x = x.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    gx = empty(N, directions * G, like=x)
+    gx = empty(N, directions * G, like=x) if out is None else out
     _ext._C.lstm_input_projection(
         "float32", _buf(x), _buf(packed), _buf(bias), _buf(gx),
         N, directions, G // 4, I, torch.get_num_threads(),
@@ -332,6 +337,20 @@ def _plain_eager(x: Tensor) -> bool:
     )
 
 
+_WORKSPACE = threading.local()
+
+
+def _workspace(numel: int, like: Tensor) -> Tensor:
+    """A per-thread float buffer reused across inference calls for the input
+    gates, which never escape the call: a fresh multi-megabyte allocation per
+    layer costs page faults comparable to the kernels' own time at large batch."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+        buf = torch.empty(numel, dtype=like.dtype)
+        _WORKSPACE.buf = buf
+    return buf[:numel]
+
+
 def _recurrence(backend: str):
     """Recurrence implementation per backend (the op for compiled backends)."""
     if backend == "reference":
@@ -454,14 +473,17 @@ def lstm(
         layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=backend == "cpu")
     else:
         layer_weights = _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
-    projection = torch.ops.fastlstm.lstm_input_projection
-    if backend == "cpu" and not save and _plain_eager(x):
-        projection, recurrence = _input_projection_impl, _recurrence_impl
+    direct = backend == "cpu" and not save and _plain_eager(x)
+    if direct:
+        recurrence = _recurrence_impl
     for layer in range(num_layers):
         w_ih, bias, w_hh, w_hr = layer_weights[layer]
         flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
-        if backend == "cpu":
-            gx = projection(flat_in, w_ih, bias, D)
+        if direct:
+            ws = _workspace(T * B * D * 4 * H, x).view(T * B, D * 4 * H) if x.dtype == torch.float32 else None
+            gx = _project(flat_in, w_ih, bias, D, ws)
+        elif backend == "cpu":
+            gx = torch.ops.fastlstm.lstm_input_projection(flat_in, w_ih, bias, D)
         elif bias is not None:
             gx = torch.addmm(bias, flat_in, w_ih.t())
         else:
