@@ -112,6 +112,14 @@ def test_decoder_parity_with_torch_build_teacher_forced():
         for a, b in zip(*results):
             assert_parity(a, b, torch.float32)
         assert_parity(fast.loss(src, tgt), ref.loss(src, tgt), torch.float32)
+        # The generation step (attention half precomputed) is the teacher-forced math.
+        _, memory, pooled, lengths = fast.encode_batch(src)
+        state = fast.initial_state(pooled)
+        tokens = torch.tensor([TOK.BOS, ord("x")])
+        full, (h1, _) = fast.decoder(tokens.unsqueeze(1), state, memory, lengths)
+        step, (h2, _) = fast.decoder.step(tokens, state, fast.decoder.step_memory(memory, lengths))
+        assert_parity(step, full[:, 0], torch.float32)
+        assert_parity(h2, h1, torch.float32)
 
 
 def test_generation_parity_fused_module_and_torch():

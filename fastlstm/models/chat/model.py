@@ -8,7 +8,7 @@ state_dict keys are identical), which is what the parity tests and benchmarks us
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,21 @@ import fastlstm
 from fastlstm.models.chat.tokenizer import ByteTokenizer
 
 State = tuple[Tensor, Tensor]
+
+
+class StepMemory(NamedTuple):
+    """What each generation step's attention reads, computed once per source:
+    keys (B, S, H), memory already through the combine layer's context half
+    (B, S, H), the additive length mask (B, S) and the combine layer's query half, transposed."""
+
+    keys: Tensor
+    values: Tensor
+    mask: Tensor
+    w_query_t: Tensor
+
+    def expand(self, k: int) -> "StepMemory":
+        return StepMemory(self.keys.expand(k, -1, -1), self.values.expand(k, -1, -1), self.mask.expand(k, -1),
+                          self.w_query_t)
 
 
 def _mask_bias(lengths: Tensor, T: int, dtype: torch.dtype) -> Tensor:
@@ -95,7 +110,8 @@ class LSTMDecoder(nn.Module):
 
     ``forward(tokens (B, T), state, memory, memory_lengths)`` is teacher-forced
     (one LSTM call over all steps) and returns logits (B, T, V) and the final
-    state; ``step(tokens (B,), state, keys, memory, mask)`` is one generation step.
+    state; ``step(tokens (B,), state, step_memory(memory, lengths))`` is one
+    generation step (the same math with the per-source half precomputed).
 
     >>> logits, state = decoder(tokens, state, enc_out, enc_lengths)
     """
@@ -122,10 +138,24 @@ class LSTMDecoder(nn.Module):
         mask = _mask_bias(memory_lengths.cpu(), memory.shape[1], memory.dtype).to(memory.device)
         return self.attend(out, self.key(memory), memory, mask), state
 
-    def step(self, tokens: Tensor, state: State, keys: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, State]:
+    def step_memory(self, memory: Tensor, memory_lengths: Tensor) -> StepMemory:
+        """Precomputes the per-source half of attention for :meth:`step`."""
+        H = self.hidden_size
+        mask = _mask_bias(memory_lengths.cpu(), memory.shape[1], memory.dtype).to(memory.device)
+        # combine([top; ctx]) = W_q top + W_c (p @ memory) + b = W_q top + p @ (memory W_cᵀ) + b
+        values = memory @ self.combine.weight[:, H:].t()
+        return StepMemory(self.key(memory), values, mask, self.combine.weight[:, :H].t())
+
+    def attend_step(self, top: Tensor, mem: StepMemory) -> Tensor:
+        """Attention and output for one step: top (B, H) -> logits (B, V) (same math as :meth:`attend`)."""
+        scores = torch.baddbmm(mem.mask.unsqueeze(1), top.unsqueeze(1), mem.keys.transpose(1, 2))
+        context = torch.bmm(torch.softmax(scores, -1), mem.values).squeeze(1)
+        return self.out(torch.tanh(torch.addmm(context + self.combine.bias, top, mem.w_query_t)))
+
+    def step(self, tokens: Tensor, state: State, mem: StepMemory) -> tuple[Tensor, State]:
         """One token per sequence: tokens (B,) -> logits (B, V), new state."""
         out, state = self.lstm(self.embedding(tokens).unsqueeze(1), state)
-        return self.attend(out, keys, memory, mask).squeeze(1), state
+        return self.attend_step(out.squeeze(1), mem), state
 
 
 class _FusedDecodeStep:
@@ -245,11 +275,11 @@ class Seq2SeqLSTM(nn.Module):
             raise ValueError("fused decoding needs a float32 CPU fastlstm.LSTM decoder with biases and the cpu backend")
         return _FusedDecodeStep(self.decoder) if use else None
 
-    def _step(self, fast, tokens, state, keys, memory, mask):
+    def _step(self, fast, tokens, state, mem: StepMemory):
         if fast is None:
-            return self.decoder.step(tokens, state, keys, memory, mask)
+            return self.decoder.step(tokens, state, mem)
         top, state = fast.lstm(tokens, state)
-        return self.decoder.attend(top.unsqueeze(1), keys, memory, mask).squeeze(1), state
+        return self.decoder.attend_step(top, mem), state
 
     @torch.no_grad()
     def generate_ids(self, sources: Sequence[str | bytes], *, max_length: int = 64, carried: State | None = None,
@@ -262,8 +292,7 @@ class Seq2SeqLSTM(nn.Module):
         _, memory, pooled, lengths = self.encode_batch(sources)
         B = memory.shape[0]
         state = self.initial_state(pooled, carried)
-        keys = self.decoder.key(memory)
-        mask = _mask_bias(lengths, memory.shape[1], memory.dtype).to(memory.device)
+        mem = self.decoder.step_memory(memory, lengths)
         fast = self._stepper(fused)
         tokens = torch.full((B,), ByteTokenizer.BOS, dtype=torch.int64, device=memory.device)
         out = torch.empty(B, max_length, dtype=torch.int64)
@@ -271,7 +300,7 @@ class Seq2SeqLSTM(nn.Module):
         final_h, final_c = state[0].clone(), state[1].clone()
         steps = 0
         for t in range(max_length):
-            logits, state = self._step(fast, tokens, state, keys, memory, mask)
+            logits, state = self._step(fast, tokens, state, mem)
             tokens = logits.argmax(-1)
             out[:, t] = tokens
             ended = (tokens.cpu() == ByteTokenizer.EOS) & ~done
@@ -305,16 +334,14 @@ class Seq2SeqLSTM(nn.Module):
             raise ValueError("beam_size and max_length must be >= 1")
         _, memory, pooled, lengths = self.encode_batch([source])
         state = self.initial_state(pooled, carried)
-        keys = self.decoder.key(memory)
-        mask = _mask_bias(lengths, memory.shape[1], memory.dtype).to(memory.device)
+        mem = self.decoder.step_memory(memory, lengths)
         fast = self._stepper(fused)
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         finished: list[tuple[list[int], float]] = []
         tokens = torch.tensor([ByteTokenizer.BOS])
         for t in range(max_length):
             k = len(beams)
-            logits, state = self._step(fast, tokens, state, keys.expand(k, -1, -1), memory.expand(k, -1, -1),
-                                       mask.expand(k, -1))
+            logits, state = self._step(fast, tokens, state, mem.expand(k))
             logp = torch.log_softmax(logits.float(), -1) + torch.tensor([s for _, s in beams]).unsqueeze(1)
             top = torch.topk(logp.flatten(), min(2 * beam_size, logp.numel()))
             V = logp.shape[1]
