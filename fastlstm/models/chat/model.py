@@ -8,6 +8,7 @@ state_dict keys are identical), which is what the parity tests and benchmarks us
 
 from __future__ import annotations
 
+import importlib
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -182,8 +183,8 @@ class _FusedDecodeStep:
         self.bias = [w[l * per + 2] + w[l * per + 3] for l in range(self.L)]
         self.w_hh_buf = [self._buf(t) for t in self.w_hh]
         # Kernels that read repacked weights take them as an extra buffer (ops.lstm keeps the cache).
-        from fastlstm.ops import lstm as lstm_ops
-
+        # (the module, not the function fastlstm.ops re-exports under the same name)
+        lstm_ops = importlib.import_module("fastlstm.ops.lstm")
         pack = getattr(lstm_ops, "_packed", None)
         self._packed = [pack(w.unsqueeze(0), 1, self.H, self.H) for w in self.w_hh] if pack else []
         self.extra = [(self._buf(p),) if p is not None else () for p in self._packed] or [()] * self.L
