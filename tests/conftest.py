@@ -16,6 +16,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def pytest_configure(config):
+    # A missing extension would turn every kernel test into a skip; refuse to
+    # run silently on the reference backend unless explicitly allowed.
+    from fastlstm import _ext
+
+    if not _ext.available() and os.environ.get("FASTLSTM_ALLOW_NO_EXTENSION") != "1":
+        raise pytest.UsageError(
+            f"fastlstm._C is not importable ({_ext.load_error}); build it (pip install . or "
+            ".ci/build_inplace) or set FASTLSTM_ALLOW_NO_EXTENSION=1 to test the reference only"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
