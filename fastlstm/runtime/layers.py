@@ -31,7 +31,8 @@ def get_num_threads() -> int:
 
 
 def register_layer(cls):
-    """Class decorator: makes ``cls`` loadable under ``cls.TYPE``."""
+    """Class decorator: makes ``cls`` loadable under ``cls.TYPE``; ``cls.KEYS`` lists its config fields
+    (anything else in a file's layer config is rejected as corruption)."""
     LAYER_TYPES[cls.TYPE] = cls
     return cls
 
@@ -64,6 +65,7 @@ class LSTMStack:
     """
 
     TYPE = "lstm"
+    KEYS = ("input_size", "hidden_size", "num_layers", "bidirectional", "proj_size", "bias", "batch_first", "dtype")
 
     def __init__(self, config: dict, tensors: dict[str, np.ndarray]) -> None:
         require_kernels()
@@ -204,6 +206,7 @@ class Linear:
     """
 
     TYPE = "linear"
+    KEYS = ("in_features", "out_features", "bias", "dtype")
 
     def __init__(self, config: dict, tensors: dict[str, np.ndarray]) -> None:
         name = f"linear layer {config.get('name', '?')!r}"

@@ -25,10 +25,12 @@ class Model:
     """
 
     def __init__(self, config: dict, tensors: dict[str, np.ndarray]) -> None:
+        if set(config) != {"layers", "outputs"}:
+            raise ValueError(f"runtime model: config keys {sorted(config)}, expected ['layers', 'outputs']")
         specs = config.get("layers")
         if not isinstance(specs, list) or not specs:
             raise ValueError("runtime model: config has no layers")
-        self.outputs = config.get("outputs", "tensor")
+        self.outputs = config["outputs"]
         if self.outputs not in ("lstm", "tensor"):
             raise ValueError(f"runtime model: unknown outputs kind {self.outputs!r}")
         if self.outputs == "lstm" and (len(specs) != 1 or specs[0].get("type") != "lstm"):
@@ -38,11 +40,15 @@ class Model:
         for spec in specs:
             if not isinstance(spec, dict) or spec.get("type") not in LAYER_TYPES:
                 raise ValueError(f"runtime model: unknown layer type {spec.get('type') if isinstance(spec, dict) else spec!r}")
-            name = str(spec.get("name"))
+            cls = LAYER_TYPES[spec["type"]]
+            unknown = set(spec) - set(cls.KEYS) - {"type", "name"}
+            if unknown or "name" not in spec:
+                raise ValueError(f"runtime model: layer config has unknown keys {sorted(unknown)} or no name")
+            name = str(spec["name"])
             prefix = name + "."
             own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             used.update(prefix + k for k in own)
-            self.layers.append(LAYER_TYPES[spec["type"]](spec, own))
+            self.layers.append(cls(spec, own))
         extra = set(tensors) - used
         if extra:
             raise ValueError(f"runtime model: tensors {sorted(extra)[:5]} belong to no layer")
