@@ -117,36 +117,43 @@ void tile_scores(const Block& blk, const T* x, int64_t D, const T* xt, int64_t l
 
 // out[r][:] = alpha * sum_c p[r][col(c)] * y[c][:] over the block's columns.
 // y: Tk x Dy row-major. Writes rows < blk.rows of out (row stride Dy).
+template <typename T, int W>
+void combine_cols(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, int64_t d0, int64_t w,
+                  T (&acc)[kRows][kCols]) {
+  for (int g = 0; g < blk.nseg; ++g) {
+    const Segment& seg = blk.seg[g];
+    for (int64_t c = seg.c0; c < seg.c1; ++c) {
+      const T* yr = y + c * Dy + d0;
+      const int64_t col = seg.off + (c - seg.c0);
+      for (int r = 0; r < kRows; ++r) {
+        const T a = p[r * lds + col];
+        if (W == kCols) {
+          for (int jj = 0; jj < kCols; ++jj) acc[r][jj] += a * yr[jj];
+        } else {
+          for (int64_t jj = 0; jj < w; ++jj) acc[r][jj] += a * yr[jj];
+        }
+      }
+    }
+  }
+}
+
+// out[r][:] = alpha * sum_c p[r][col(c)] * y[c][:] over the block's columns.
+// y: Tk x Dy row-major. Writes rows < blk.rows of out (row stride Dy).
 template <typename T>
 void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, T alpha, T* out) {
   for (int64_t d0 = 0; d0 < Dy; d0 += kCols) {
     const int64_t w = Dy - d0 < kCols ? Dy - d0 : kCols;
     T acc[kRows][kCols] = {};
-    for (int g = 0; g < blk.nseg; ++g) {
-      const Segment& seg = blk.seg[g];
-      for (int64_t c = seg.c0; c < seg.c1; ++c) {
-        const T* yr = y + c * Dy + d0;
-        const int64_t col = seg.off + (c - seg.c0);
-        if (w == kCols) {
-          for (int r = 0; r < kRows; ++r) {
-            const T a = p[r * lds + col];
-            for (int jj = 0; jj < kCols; ++jj) acc[r][jj] += a * yr[jj];
-          }
-        } else {
-          for (int r = 0; r < kRows; ++r) {
-            const T a = p[r * lds + col];
-            for (int64_t jj = 0; jj < w; ++jj) acc[r][jj] += a * yr[jj];
-          }
-        }
-      }
-    }
+    if (w == kCols) combine_cols<T, kCols>(blk, p, lds, y, Dy, d0, w, acc);
+    else combine_cols<T, 0>(blk, p, lds, y, Dy, d0, w, acc);
     for (int r = 0; r < blk.rows; ++r)
       for (int64_t jj = 0; jj < w; ++jj) out[r * Dy + d0 + jj] = alpha * acc[r][jj];
   }
 }
 
 // Scales row r's scores and replaces disallowed columns (outside the row's
-// ranges, padding, or past a segment's end) by -inf.
+// ranges, padding, or past a segment's end) by -inf. Contiguous loops only,
+// so they vectorise.
 template <typename T>
 void mask_row(const Block& blk, int r, const uint8_t* pad, T scale, T* s) {
   const T ninf = -std::numeric_limits<T>::infinity();
@@ -154,17 +161,52 @@ void mask_row(const Block& blk, int r, const uint8_t* pad, T scale, T* s) {
     for (int64_t c = 0; c < blk.width; ++c) s[c] = ninf;
     return;
   }
-  const int64_t a0 = blk.ra0[r], a1 = blk.ra1[r], b0 = blk.rb0[r], b1 = blk.rb1[r];
+  const int64_t lo[2] = {blk.ra0[r], blk.rb0[r]}, hi[2] = {blk.ra1[r], blk.rb1[r]};
   for (int g = 0; g < blk.nseg; ++g) {
     const Segment& seg = blk.seg[g];
     T* sr = s + seg.off;
-    for (int64_t j = 0; j < seg.width; ++j) {
-      const int64_t c = seg.c0 + j;
-      bool ok = ((c >= a0 && c < a1) || (c >= b0 && c < b1)) && c < seg.c1;
-      if (ok && pad) ok = pad[c] == 0;
-      sr[j] = ok ? sr[j] * scale : ninf;
+    int64_t cur = 0;
+    for (int k = 0; k < 2; ++k) {  // the row's ranges are disjoint and ascending
+      const int64_t j0 = (lo[k] > seg.c0 ? lo[k] : seg.c0) - seg.c0;
+      const int64_t j1 = (hi[k] < seg.c1 ? hi[k] : seg.c1) - seg.c0;
+      if (j1 <= j0) continue;
+      for (int64_t j = cur; j < j0; ++j) sr[j] = ninf;
+      for (int64_t j = j0; j < j1; ++j) sr[j] *= scale;
+      cur = j1;
+    }
+    for (int64_t j = cur; j < seg.width; ++j) sr[j] = ninf;
+    if (pad) {
+      const uint8_t* pc = pad + seg.c0;
+      for (int64_t j = 0; j < seg.c1 - seg.c0; ++j) sr[j] = pc[j] ? ninf : sr[j];
     }
   }
+}
+
+// Max of a row whose length is a multiple of kCols (lane-wise, so it vectorises).
+template <typename T>
+T row_max(const T* s, int64_t width) {
+  T m[kCols];
+  for (int jj = 0; jj < kCols; ++jj) m[jj] = -std::numeric_limits<T>::infinity();
+  for (int64_t c = 0; c < width; c += kCols)
+    for (int jj = 0; jj < kCols; ++jj) m[jj] = s[c + jj] > m[jj] ? s[c + jj] : m[jj];
+  T out = m[0];
+  for (int jj = 1; jj < kCols; ++jj) out = m[jj] > out ? m[jj] : out;
+  return out;
+}
+
+// s[c] = exp(s[c] - shift); returns the sum (lane-wise partial sums).
+template <typename T>
+T row_exp(T* s, int64_t width, T shift) {
+  T l[kCols] = {};
+  for (int64_t c = 0; c < width; c += kCols)
+    for (int jj = 0; jj < kCols; ++jj) {
+      const T e = attn_exp(s[c + jj] - shift);
+      s[c + jj] = e;
+      l[jj] += e;
+    }
+  T out = 0;
+  for (int jj = 0; jj < kCols; ++jj) out += l[jj];
+  return out;
 }
 
 // Copies rows [i0, i0 + rows) of x (row length D) into a kRows x D tile, zero-padded.
@@ -209,19 +251,13 @@ void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t 
       for (int r = 0; r < kRows; ++r) {
         T* sr = s + r * lds;
         mask_row(blk, r, pad, p.scale, sr);
-        T m = ninf;
-        for (int64_t c = 0; c < blk.width; ++c) m = sr[c] > m ? sr[c] : m;
+        const T m = row_max(sr, blk.width);
         if (r >= blk.rows || m == ninf) {  // tile padding, or no allowed key: output 0, lse -inf
           for (int64_t c = 0; c < blk.width; ++c) sr[c] = 0;
           if (r < blk.rows) lse[i0 + r] = ninf;
           continue;
         }
-        T l = 0;
-        for (int64_t c = 0; c < blk.width; ++c) {
-          const T e = attn_exp(sr[c] - m);
-          sr[c] = e;
-          l += e;
-        }
+        const T l = row_exp(sr, blk.width, m);
         const T inv = T(1) / l;
         for (int64_t c = 0; c < blk.width; ++c) sr[c] *= inv;
         lse[i0 + r] = m + std::log(l);
@@ -277,11 +313,8 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
         // delta = dO . O = sum_c P dP, the softmax-backward correction.
         T delta = 0;
         for (int64_t d = 0; d < Dv; ++d) delta += dout[(i0 + r) * Dv + d] * o[(i0 + r) * Dv + d];
-        for (int64_t c = 0; c < blk.width; ++c) {
-          const T pc = attn_exp(sr[c] - row_lse);
-          sr[c] = pc;
-          dr[c] = pc * (dr[c] - delta);  // dS (w.r.t. the scaled score)
-        }
+        row_exp(sr, blk.width, row_lse);
+        for (int64_t c = 0; c < blk.width; ++c) dr[c] = sr[c] * (dr[c] - delta);  // dS w.r.t. the scaled score
       }
       tile_combine(blk, dp, lds, k, D, p.scale, dq + i0 * D);
       // dK[c] += scale * sum_r dS[r][c] q[r];  dV[c] += sum_r P[r][c] dO[r].
