@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 
+
 #include "fastlstm/attention_params.h"
 #include "sparse_attention.h"
 
@@ -92,47 +93,37 @@ inline Block make_block(const AttentionPattern& pat, int64_t i0, int64_t Tq, int
   return blk;
 }
 
+// kCols lanes of T as one GCC/Clang vector (lowered to the translation
+// unit's ISA). Written out because auto-vectorisers turn these small tiles
+// into shuffles.
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float type __attribute__((vector_size(kCols * sizeof(float))));
+};
+template <>
+struct Lanes<double> {
+  typedef double type __attribute__((vector_size(kCols * sizeof(double))));
+};
+
 // s[r][off + j] = sum_d x[r][d] * xt[d][c0 + j] for the padded width of each
 // segment. x: kRows x D (rows past blk.rows are zero); xt: D x ldt with zero
 // columns past Tk (at least kCols of them).
 template <typename T>
 void tile_scores(const Block& blk, const T* x, int64_t D, const T* xt, int64_t ldt, T* s, int64_t lds) {
+  typedef typename Lanes<T>::type V;
   for (int g = 0; g < blk.nseg; ++g) {
     const Segment& seg = blk.seg[g];
     for (int64_t jb = 0; jb < seg.width; jb += kCols) {
-      T acc[kRows][kCols] = {};
+      V acc[kRows] = {};
       const T* col = xt + seg.c0 + jb;
       for (int64_t d = 0; d < D; ++d) {
-        const T* kr = col + d * ldt;
-        for (int r = 0; r < kRows; ++r) {
-          const T a = x[r * D + d];
-          for (int jj = 0; jj < kCols; ++jj) acc[r][jj] += a * kr[jj];
-        }
+        V kv;
+        std::memcpy(&kv, col + d * ldt, sizeof(kv));
+        for (int r = 0; r < kRows; ++r) acc[r] += x[r * D + d] * kv;
       }
-      for (int r = 0; r < kRows; ++r)
-        for (int jj = 0; jj < kCols; ++jj) s[r * lds + seg.off + jb + jj] = acc[r][jj];
-    }
-  }
-}
-
-// out[r][:] = alpha * sum_c p[r][col(c)] * y[c][:] over the block's columns.
-// y: Tk x Dy row-major. Writes rows < blk.rows of out (row stride Dy).
-template <typename T, int W>
-void combine_cols(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, int64_t d0, int64_t w,
-                  T (&acc)[kRows][kCols]) {
-  for (int g = 0; g < blk.nseg; ++g) {
-    const Segment& seg = blk.seg[g];
-    for (int64_t c = seg.c0; c < seg.c1; ++c) {
-      const T* yr = y + c * Dy + d0;
-      const int64_t col = seg.off + (c - seg.c0);
-      for (int r = 0; r < kRows; ++r) {
-        const T a = p[r * lds + col];
-        if (W == kCols) {
-          for (int jj = 0; jj < kCols; ++jj) acc[r][jj] += a * yr[jj];
-        } else {
-          for (int64_t jj = 0; jj < w; ++jj) acc[r][jj] += a * yr[jj];
-        }
-      }
+      for (int r = 0; r < kRows; ++r) std::memcpy(s + r * lds + seg.off + jb, &acc[r], sizeof(V));
     }
   }
 }
@@ -141,14 +132,38 @@ void combine_cols(const Block& blk, const T* p, int64_t lds, const T* y, int64_t
 // y: Tk x Dy row-major. Writes rows < blk.rows of out (row stride Dy).
 template <typename T>
 void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, T alpha, T* out) {
-  for (int64_t d0 = 0; d0 < Dy; d0 += kCols) {
-    const int64_t w = Dy - d0 < kCols ? Dy - d0 : kCols;
-    T acc[kRows][kCols] = {};
-    if (w == kCols) combine_cols<T, kCols>(blk, p, lds, y, Dy, d0, w, acc);
-    else combine_cols<T, 0>(blk, p, lds, y, Dy, d0, w, acc);
-    for (int r = 0; r < blk.rows; ++r)
-      for (int64_t jj = 0; jj < w; ++jj) out[r * Dy + d0 + jj] = alpha * acc[r][jj];
+  typedef typename Lanes<T>::type V;
+  int64_t d0 = 0;
+  for (; d0 + kCols <= Dy; d0 += kCols) {
+    V acc[kRows] = {};
+    for (int g = 0; g < blk.nseg; ++g) {
+      const Segment& seg = blk.seg[g];
+      for (int64_t c = seg.c0; c < seg.c1; ++c) {
+        V yv;
+        std::memcpy(&yv, y + c * Dy + d0, sizeof(yv));
+        const int64_t col = seg.off + (c - seg.c0);
+        for (int r = 0; r < kRows; ++r) acc[r] += p[r * lds + col] * yv;
+      }
+    }
+    for (int r = 0; r < blk.rows; ++r) {
+      const V o = acc[r] * alpha;
+      std::memcpy(out + r * Dy + d0, &o, sizeof(V));
+    }
   }
+  if (d0 == Dy) return;
+  const int64_t w = Dy - d0;  // tail narrower than a vector
+  T acc[kRows][kCols] = {};
+  for (int g = 0; g < blk.nseg; ++g) {
+    const Segment& seg = blk.seg[g];
+    for (int64_t c = seg.c0; c < seg.c1; ++c) {
+      const T* yr = y + c * Dy + d0;
+      const int64_t col = seg.off + (c - seg.c0);
+      for (int r = 0; r < kRows; ++r)
+        for (int64_t jj = 0; jj < w; ++jj) acc[r][jj] += p[r * lds + col] * yr[jj];
+    }
+  }
+  for (int r = 0; r < blk.rows; ++r)
+    for (int64_t jj = 0; jj < w; ++jj) out[r * Dy + d0 + jj] = alpha * acc[r][jj];
 }
 
 // Scales row r's scores and replaces disallowed columns (outside the row's
@@ -182,29 +197,82 @@ void mask_row(const Block& blk, int r, const uint8_t* pad, T scale, T* s) {
   }
 }
 
-// Max of a row whose length is a multiple of kCols (lane-wise, so it vectorises).
+// Max of a row whose length is a multiple of kCols.
 template <typename T>
 T row_max(const T* s, int64_t width) {
-  T m[kCols];
-  for (int jj = 0; jj < kCols; ++jj) m[jj] = -std::numeric_limits<T>::infinity();
-  for (int64_t c = 0; c < width; c += kCols)
-    for (int jj = 0; jj < kCols; ++jj) m[jj] = s[c + jj] > m[jj] ? s[c + jj] : m[jj];
-  T out = m[0];
+  T out = -std::numeric_limits<T>::infinity();
+  for (int64_t c = 0; c < width; ++c) out = s[c] > out ? s[c] : out;
+  return out;
+}
+
+// s[c] = exp(s[c] - shift); returns the sum.
+template <typename T>
+T row_exp(T* s, int64_t width, T shift) {
+  T out = 0;
+  for (int64_t c = 0; c < width; ++c) {
+    s[c] = attn_exp(s[c] - shift);
+    out += s[c];
+  }
+  return out;
+}
+
+// float versions on explicit 16-lane vectors (GCC/Clang vector extensions,
+// lowered to whatever the translation unit's ISA has): compilers do not
+// vectorise float max/sum reductions or the branchy exp on their own. The
+// lane-wise partial sums make results independent of the thread count but
+// not bit-identical across ISA levels (they differ in rounding only).
+typedef float VecF __attribute__((vector_size(kCols * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kCols * sizeof(int32_t))));
+
+// exp on 16 lanes, in place (same method and constants as attn_exp); adds
+// the results to *sum. Pointers, not vector arguments: keeps the ABI plain
+// in translation units without wide registers.
+inline void attn_exp_lanes(float* p, float shift, VecF* sum) {
+  VecF x;
+  std::memcpy(&x, p, sizeof(x));
+  x -= shift;
+  const VecF lo = VecF{} - 87.0f, hi = VecF{} + 88.0f;
+  VecF xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const VecF t = xc * 1.44269504088896341f;
+  // Round to nearest without a libm call: adding 1.5 * 2^23 pushes the
+  // fraction out of the mantissa (|t| < 2^22 here).
+  const VecF n = (t + 12582912.0f) - 12582912.0f;
+  VecF r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  VecF y = VecF{} + 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
+  VecF scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const VecF e = x < lo ? VecF{} : y * scale;
+  std::memcpy(p, &e, sizeof(e));
+  *sum += e;
+}
+
+template <>
+float row_max<float>(const float* s, int64_t width) {
+  VecF m = VecF{} - std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < width; c += kCols) {
+    VecF x;
+    std::memcpy(&x, s + c, sizeof(x));
+    m = x > m ? x : m;
+  }
+  float out = m[0];
   for (int jj = 1; jj < kCols; ++jj) out = m[jj] > out ? m[jj] : out;
   return out;
 }
 
-// s[c] = exp(s[c] - shift); returns the sum (lane-wise partial sums).
-template <typename T>
-T row_exp(T* s, int64_t width, T shift) {
-  T l[kCols] = {};
-  for (int64_t c = 0; c < width; c += kCols)
-    for (int jj = 0; jj < kCols; ++jj) {
-      const T e = attn_exp(s[c + jj] - shift);
-      s[c + jj] = e;
-      l[jj] += e;
-    }
-  T out = 0;
+template <>
+float row_exp<float>(float* s, int64_t width, float shift) {
+  VecF l = VecF{};
+  for (int64_t c = 0; c < width; c += kCols) attn_exp_lanes(s + c, shift, &l);
+  float out = 0;
   for (int jj = 0; jj < kCols; ++jj) out += l[jj];
   return out;
 }
