@@ -101,3 +101,36 @@ def test_module_does_not_import_torch():
 def test_bad_weights_count_raises():
     with pytest.raises(ValueError, match="weights"):
         numpy_lstm.lstm(np.zeros((2, 1, 3)), None, [np.zeros((8, 3))], num_layers=1)
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3, bidirectional=True)],
+                         ids=["uni", "bi-2layer", "proj-bi"])
+def test_oracle_for_torch_free_runtime(cfg):
+    layers = pytest.importorskip("fastlstm.runtime.layers")
+    if not fastlstm._ext.available():
+        pytest.skip("fastlstm._C not built")
+    config = dict(input_size=5, hidden_size=6, num_layers=1, bidirectional=False, proj_size=0, bias=True,
+                  batch_first=False, dtype="float32")
+    config.update(cfg)
+    rng = np.random.default_rng(0)
+    D = 2 if config["bidirectional"] else 1
+    H, P = config["hidden_size"], config["proj_size"] or config["hidden_size"]
+    weights = []
+    for layer in range(config["num_layers"]):
+        I = config["input_size"] if layer == 0 else D * P
+        for _ in range(D):
+            weights += [rng.uniform(-0.4, 0.4, (4 * H, I)), rng.uniform(-0.4, 0.4, (4 * H, P)),
+                        rng.uniform(-0.4, 0.4, 4 * H), rng.uniform(-0.4, 0.4, 4 * H)]
+            if config["proj_size"]:
+                weights.append(rng.uniform(-0.4, 0.4, (P, H)))
+    weights = [w.astype(np.float32) for w in weights]
+    stack = layers.LSTMStack(config, layers.lstm_tensors_from_flat(weights, config, "float32"))
+    x = rng.standard_normal((8, 3, 5)).astype(np.float32)
+    lengths = np.array([8, 3, 5], dtype=np.int64)
+    out, (h_n, c_n) = stack.run(x, None, lengths)
+    expected = numpy_lstm.lstm(x.astype(np.float64), None, [w.astype(np.float64) for w in weights],
+                               num_layers=config["num_layers"], bidirectional=config["bidirectional"],
+                               proj_size=config["proj_size"], lengths=lengths)
+    tol = PARITY_TOLERANCE[torch.float32]
+    for a, b in zip((out, h_n, c_n), expected):
+        np.testing.assert_allclose(a, b, **tol)
