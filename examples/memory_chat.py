@@ -2,7 +2,7 @@
 a synthetic corpus, then use it for long-term memory retrieval, short-term
 memory and per-session state.
 
-Run:  PYTHONPATH=. python examples/memory_chat.py [--steps 300]
+Run:  PYTHONPATH=. python examples/memory_chat.py [--steps 150]
 """
 
 import argparse
@@ -40,7 +40,7 @@ def retrieval_accuracy(model, verbose: bool = False) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--conversations", type=int, default=400)
     args = parser.parse_args()
     torch.manual_seed(0)
