@@ -9,6 +9,9 @@ namespace py = pybind11;
 namespace fastlstm {
 namespace binding {
 void bind_lstm(py::module_& m);
+#ifdef FASTLSTM_WITH_CUDA
+void bind_cuda_lstm(py::module_& m);
+#endif
 }  // namespace binding
 }  // namespace fastlstm
 
@@ -35,4 +38,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("has_cuda") = false;
 #endif
   binding::bind_lstm(m);
+#ifdef FASTLSTM_WITH_CUDA
+  binding::bind_cuda_lstm(m);
+#endif
 }
