@@ -219,3 +219,40 @@ def test_backward_binding_rejects_bad_sizes_before_launch():
         C.cuda_lstm_recurrence_bwd("float16", **{**ok, "dgates": (0, 0)}, **sizes)
     with pytest.raises(ValueError, match="32-bit"):
         C.cuda_lstm_recurrence_bwd("float32", **ok, **{**sizes, "hidden": 2**30})
+
+
+@pytest.mark.gpu
+@needs_cuda_build
+def test_module_compiles_fullgraph():
+    module = fastlstm.LSTM(6, 32, num_layers=2, bidirectional=True, batch_first=True, backend="cuda").cuda()
+    x = torch.randn(3, 10, 6, device="cuda", requires_grad=True)
+    eager_out, _ = module(x)
+    compiled = torch.compile(module, fullgraph=True)
+    out, _ = compiled(x)
+    torch.testing.assert_close(out, eager_out)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(eager_out.sum(), x)[0])
+
+
+# -- the projection path's reverse recurrence (torch ops; runs on any device) -------------------------
+
+
+@pytest.mark.parametrize("lengths", [None, [2, 5, 0]], ids=["full", "lengths"])
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+def test_projected_backward_matches_autograd_of_reference(D, lengths):
+    from fastlstm.ops.lstm_cuda import projected_backward
+
+    T, B, H, P = 5, 3, 6, 3
+
+    def r(*shape):
+        return (torch.randn(*shape, dtype=torch.float64) * 0.5).requires_grad_()
+
+    gx, w_hh, w_hr, h0, c0 = r(T, B, D, 4 * H), r(D, 4 * H, P), r(D, P, H), r(D, B, P), r(D, B, H)
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    y, hn, cn, gates, cells = reference.lstm_recurrence(gx, w_hh, w_hr, h0, c0, lengths)
+    dy, dhn, dcn = torch.randn_like(y), torch.randn_like(hn), torch.randn_like(cn)
+    expected = torch.autograd.grad((y * dy).sum() + (hn * dhn).sum() + (cn * dcn).sum(), [gx, h0, c0])
+    dgates, dh0, dc0, dhproj = projected_backward(dy, dhn, dcn, w_hh.detach(), w_hr.detach(), c0.detach(),
+                                                  gates.detach(), cells.detach(), lengths)
+    for name, a, b in zip(["d gates", "d h0", "d c0"], (dgates, dh0, dc0), expected):
+        assert_parity(a, b, torch.float64, name=name)
+    assert dhproj.shape == y.shape
