@@ -12,10 +12,16 @@
 // launch the kernel boundary is the barrier and W_hh is read through L2.
 #pragma once
 
+// FASTLSTM_CUDA_EMULATION: tests/cuda/emulation/ compiles this device code
+// as host C++ (threads emulate a block, a warp and the grid) to run it
+// without a GPU; it supplies the CUDA names itself.
+#ifndef FASTLSTM_CUDA_EMULATION
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#define FASTLSTM_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 #include <cstdint>
 
@@ -26,7 +32,10 @@ namespace fastlstm {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
+#ifndef FASTLSTM_CUDA_THREADS
+#define FASTLSTM_CUDA_THREADS 256
+#endif
+constexpr int kThreads = FASTLSTM_CUDA_THREADS;
 constexpr int kWarps = kThreads / 32;
 // Batch rows processed together per weight load in the mat-vec.
 constexpr int kBatchUnroll = 4;
@@ -121,7 +130,7 @@ template <typename T, bool kPersistent>
 __global__ void __launch_bounds__(kThreads, 1)
     lstm_fwd_kernel(LstmCudaFwdParams<T> p, Tiling tl, int step_begin, int step_end) {
   using A = typename Acc<T>::type;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTLSTM_DYNAMIC_SMEM(smem);
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), D = static_cast<int>(p.directions);
   const int64_t T_len = p.seq_len;
   const int G = 4 * H;
@@ -219,7 +228,7 @@ template <typename T, bool kPersistent>
 __global__ void __launch_bounds__(kThreads, 1)
     lstm_bwd_kernel(LstmCudaBwdParams<T> p, Tiling tl, int iter_begin, int iter_end) {
   using A = typename Acc<T>::type;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTLSTM_DYNAMIC_SMEM(smem);
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), D = static_cast<int>(p.directions);
   const int64_t T_len = p.seq_len;
   const int G = 4 * H;
