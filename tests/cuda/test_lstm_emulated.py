@@ -36,7 +36,7 @@ def emulator(tmp_path_factory):
 # batch chunks smaller than B, a remainder in the 4-row batch unroll, rows
 # per block above the 2 warps.
 CASES = {
-    "bi-lengths": (5, 3, 2, 8, 3, 2, [5, 1, 0]),
+    "bi-lengths": (4, 3, 2, 7, 4, 3, [4, 1, 0]),
     "uni-one-block": (4, 5, 1, 8, 8, 4, None),
     "bi-H5": (3, 2, 2, 5, 2, 2, None),
     "uni-lengths-B6": (4, 6, 1, 6, 4, 6, [4, 4, 2, 3, 1, 0]),
@@ -83,7 +83,7 @@ def test_kernels_match_reference_fp64(emulator, tmp_path, case, persistent):
 
 
 def test_kernels_match_reference_fp32(emulator, tmp_path):
-    outputs, expected = _run(emulator, tmp_path, "float", CASES["bi-lengths"], True)
+    outputs, expected = _run(emulator, tmp_path, "float", CASES["bi-H5"], True)
     names = ["y", "h_n", "c_n", "gates", "cells", "d gx", "d h0", "d c0"]
     for name, a, b in zip(names, outputs, expected):
         assert_parity(a.float(), b.float(), torch.float32, name=name)
