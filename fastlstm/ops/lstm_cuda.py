@@ -56,6 +56,19 @@ def _device_lengths(lengths: Tensor | None, T: int, B: int, device: torch.device
     return lengths.contiguous().to(device, non_blocking=True)
 
 
+def _check_tensors(fn: str, like: Tensor, **tensors: tuple[Tensor | None, tuple[int, ...]]) -> None:
+    """Same device and dtype as ``like`` and the expected shape, else a clear error (never a bad pointer)."""
+    for name, (t, shape) in tensors.items():
+        if t is None:
+            continue
+        if t.device != like.device:
+            raise RuntimeError(f"{fn}: {name} is on {t.device}, expected {like.device}")
+        if t.dtype != like.dtype:
+            raise TypeError(f"{fn}: {name} has dtype {t.dtype}, expected {like.dtype}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)}, expected {shape}")
+
+
 def _workspace(backward: bool, B: int, D: int, H: int, like: Tensor) -> Tensor:
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     return torch.empty(_ext._C.cuda_lstm_workspace(backward, B, D, H), dtype=dtype, device=like.device)
@@ -72,6 +85,7 @@ def lstm_recurrence_cuda(gx, w_hh, w_hr, h0, c0, lengths, save_for_backward):
     H = G // 4
     if w_hr is not None:
         return _projected_forward(gx, w_hh, w_hr, h0, c0, lengths, save_for_backward)
+    _check_tensors("lstm_recurrence", gx, w_hh=(w_hh, (D, G, H)), h0=(h0, (D, B, H)), c0=(c0, (D, B, H)))
     _require_cuda_build()
     gx, w_hh, h0, c0 = gx.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     dev_lengths = _device_lengths(lengths, T, B, gx.device)
@@ -101,6 +115,8 @@ def lstm_recurrence_backward_cuda(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, le
     H = G // 4
     if w_hr is not None:
         return projected_backward(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths)
+    _check_tensors("lstm_recurrence_backward", gates, dy=(dy, (T, B, D, H)), dhn=(dhn, (D, B, H)),
+                   dcn=(dcn, (D, B, H)), w_hh=(w_hh, (D, G, H)), c0=(c0, (D, B, H)), cells=(cells, (T, B, D, H)))
     _require_cuda_build()
     dy, dhn, dcn, c0 = dy.contiguous(), dhn.contiguous(), dcn.contiguous(), c0.contiguous()
     gates, cells = gates.contiguous(), cells.contiguous()

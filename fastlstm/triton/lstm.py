@@ -344,8 +344,12 @@ def lstm_recurrence(
     if w_hr is not None:
         raise NotImplementedError("the triton backend does not support proj_size > 0; use backend='cuda' or 'cpu'")
     T, B, D, G = gx.shape
-    if G % 4 or w_hh.shape != (D, G, G // 4):
-        raise ValueError(f"w_hh must have shape ({D}, {G}, {G // 4}), got {tuple(w_hh.shape)}")
+    H = G // 4
+    for name, t, shape in (("w_hh", w_hh, (D, G, H)), ("h0", h0, (D, B, H)), ("c0", c0, (D, B, H))):
+        if G % 4 or tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        if t.device != gx.device or t.dtype != gx.dtype:
+            raise TypeError(f"{name} must be {gx.dtype} on {gx.device} like gx, got {t.dtype} on {t.device}")
     if lengths is not None:
         if lengths.dtype != torch.int64 or tuple(lengths.shape) != (B,):
             raise TypeError(f"lengths must be an int64 tensor of shape ({B},)")

@@ -256,3 +256,13 @@ def test_projected_backward_matches_autograd_of_reference(D, lengths):
     for name, a, b in zip(["d gates", "d h0", "d c0"], (dgates, dh0, dc0), expected):
         assert_parity(a, b, torch.float64, name=name)
     assert dhproj.shape == y.shape
+
+
+@pytest.mark.gpu
+@needs_cuda_build
+def test_mismatched_inputs_raise():
+    gx, w_hh, _, h0, c0, _ = _inputs(3, 3, 2, 8, None)
+    with pytest.raises(RuntimeError, match="w_hh is on cpu"):
+        lstm_recurrence(gx, w_hh.detach().cpu(), None, h0, c0, None, False)
+    with pytest.raises(ValueError, match="h0 has shape"):
+        lstm_recurrence(gx, w_hh, None, h0.transpose(0, 1), c0, None, False)

@@ -10,20 +10,43 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-triton = pytest.importorskip("triton", reason="triton is not installed")
-
 import fastlstm  # noqa: E402
 from fastlstm import _backends, reference  # noqa: E402
 from fastlstm.testing import assert_parity  # noqa: E402
-from fastlstm.triton.lstm import lstm_recurrence  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-if DEVICE == "cpu" and not INTERPRETED:
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+# Triton reads TRITON_INTERPRET when it is imported and when kernels are
+# decorated, so the variable is set for those imports, then restored (it must
+# not leak into other test modules or their subprocesses); _autouse_interpreter
+# sets it again around each test here for fastlstm's backend table.
+INTERPRET = "1" if DEVICE == "cpu" else os.environ.get("TRITON_INTERPRET")
+_saved = os.environ.get("TRITON_INTERPRET")
+if INTERPRET is not None:
+    os.environ["TRITON_INTERPRET"] = INTERPRET
+try:
+    triton = pytest.importorskip("triton", reason="triton is not installed")
+    from fastlstm.triton.lstm import lstm_recurrence  # noqa: E402
+finally:
+    if _saved is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
+
+if DEVICE == "cpu":
+    from triton.language import standard as _standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(_standard.sigmoid, InterpretedFunction):
+        # Triton's own tl.* helpers were decorated by an earlier import without
+        # the interpreter; they cannot run on CPU tensors in this process.
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (set it in the environment "
+                    "or in the root conftest.py to run these tests without a GPU)", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _autouse_interpreter(monkeypatch):
+    if INTERPRET is not None:
+        monkeypatch.setenv("TRITON_INTERPRET", INTERPRET)
 
 # (T, B, D, H, lengths): H=20 is not a multiple of the 16-wide tiles; H=70 spans
 # two hidden tiles and three k tiles; B=18 spans two batch blocks... of 16 and 2.
@@ -191,3 +214,11 @@ def test_fp32_long_sequence_matches_cudnn_gpu(H):
     g_t = torch.autograd.grad(out_t.sum(), x)[0]
     ok, err, peer = fastlstm.testing.within_error_rule(g_f, g_t, g_ref, floor=1e-5)
     assert ok, f"triton grad error {err} vs cuDNN error {peer}"
+
+
+def test_mismatched_inputs_raise():
+    gx, w_hh, _, h0, c0, _ = _inputs(3, 3, 2, 8, None)
+    with pytest.raises(ValueError, match="h0"):
+        lstm_recurrence(gx, w_hh, None, h0.transpose(0, 1), c0, None, False)
+    with pytest.raises(TypeError, match="w_hh"):
+        lstm_recurrence(gx, w_hh.double(), None, h0, c0, None, False)
