@@ -93,6 +93,7 @@ def bench_shape(name: str, s: dict, threads: int, repeats: int, tmp: str) -> dic
             err[k] = float(np.abs(out.reshape(ref.shape) - ref).max())
         for _ in range(repeats):
             for k, fn in fns.items():
+                time.sleep(0.1)  # let the previous implementation's spinning worker threads go idle
                 c0, t0 = time.process_time(), time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t0)
