@@ -448,7 +448,7 @@ def lstm(
     >>> m = torch.nn.LSTM(8, 16, num_layers=2)
     >>> out, h_n, c_n = lstm(torch.randn(5, 3, 8), None, list(m._flat_weights), num_layers=2)
     """
-    backend = _backends.resolve(backend, x.device, x.dtype)
+    backend = _backends.resolve(backend, x.device, x.dtype, proj=proj_size > 0)
     recurrence = _recurrence(backend)
     D = 2 if bidirectional else 1
     per_dir = 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
