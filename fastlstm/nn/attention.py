@@ -242,9 +242,9 @@ class SparseAttention(nn.Module):
                 key_padding_mask = F.pad(key_padding_mask, (0, 1))
         Tk = k.shape[0]
         # (T, B, E) -> (B, H, T, Dh)
-        q = q.view(Tq, B, H, Dh).permute(1, 2, 0, 3)
-        k = k.view(Tk, B, H, Dh).permute(1, 2, 0, 3)
-        v = v.view(Tk, B, H, Dh).permute(1, 2, 0, 3)
+        q = q.reshape(Tq, B, H, Dh).permute(1, 2, 0, 3)
+        k = k.reshape(Tk, B, H, Dh).permute(1, 2, 0, 3)
+        v = v.reshape(Tk, B, H, Dh).permute(1, 2, 0, 3)
         out, _ = sparse_attention(
             q, k, v, self.window, self.global_tokens, None, key_padding_mask, backend=self.backend
         )

@@ -113,7 +113,8 @@ def sparse_attention_backward_op(
 
 @sparse_attention_backward_op.register_fake
 def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # The kernels write contiguous gradients whatever the inputs' strides.
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
