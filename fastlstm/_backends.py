@@ -34,6 +34,11 @@ _DTYPES = {
     "triton": (torch.float32, torch.float16, torch.bfloat16),
 }
 
+# Per-op narrowing of _DTYPES, for ops whose kernels support fewer dtypes.
+_OP_DTYPES = {
+    "sparse_attention": {"cuda": (torch.float32, torch.float64)},
+}
+
 _default: str | None = None
 
 
@@ -61,11 +66,11 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why ``backend`` cannot run on ``device``/``dtype``, or None when it can."""
+def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype, op: str | None = None) -> str | None:
+    """Why ``backend`` cannot run ``op`` (None: any op) on ``device``/``dtype``, or None when it can."""
     if backend == "reference":
         return None
-    if dtype not in _DTYPES[backend]:
+    if dtype not in _OP_DTYPES.get(op, {}).get(backend, _DTYPES[backend]):
         return f"it does not support {dtype}"
     if backend == "cpu":
         if device.type != "cpu":
@@ -89,15 +94,15 @@ def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) -
     raise AssertionError(backend)
 
 
-def resolve(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend to run: ``requested`` (or the default) with ``auto`` resolved."""
+def resolve(requested: str | None, device: torch.device, dtype: torch.dtype, op: str | None = None) -> str:
+    """The concrete backend to run ``op``: ``requested`` (or the default) with ``auto`` resolved."""
     name = _check_name(requested) if requested is not None else get_backend()
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
-            if unavailable_reason(candidate, device, dtype) is None:
+            if unavailable_reason(candidate, device, dtype, op) is None:
                 return candidate
         return "reference"
-    reason = unavailable_reason(name, device, dtype)
+    reason = unavailable_reason(name, device, dtype, op)
     if reason is not None:
         raise RuntimeError(f"fastlstm backend {name!r} cannot run here: {reason}")
     return name

@@ -209,7 +209,7 @@ def sparse_attention(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     scale = float(scale)
-    name = _backends.resolve(backend, q.device, q.dtype)
+    name = _backends.resolve(backend, q.device, q.dtype, op="sparse_attention")
     if name == "reference":
         return _reference.sparse_attention(q, k, v, window, global_tokens, scale, key_padding_mask)
     if name == "triton":
