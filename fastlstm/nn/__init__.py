@@ -2,5 +2,6 @@
 
 from fastlstm.nn.attention import SparseAttention, banded_to_dense
 from fastlstm.nn.lstm import LSTM, LSTMCell
+from fastlstm.nn.quantized import QuantizedLinear, QuantizedLSTM
 
-__all__ = ["LSTM", "LSTMCell", "SparseAttention", "banded_to_dense"]
+__all__ = ["LSTM", "LSTMCell", "QuantizedLSTM", "QuantizedLinear", "SparseAttention", "banded_to_dense"]
