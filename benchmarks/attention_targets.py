@@ -130,16 +130,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="T 288 and 1440, batch 1 only")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--T", type=int, nargs="+", help="sequence lengths (default 288 1440 8192)")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 16)")
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--levels", nargs="+", default=["op", "module"], choices=["op", "module"])
     args = parser.parse_args()
-    Ts = (288, 1440) if args.quick else (288, 1440, 8192)
-    Bs = (1,) if args.quick else (1, 16)
+    Ts = args.T or ((288, 1440) if args.quick else (288, 1440, 8192))
+    Bs = args.batch or ((1,) if args.quick else (1, 16))
     rows = []
     print(f"{'level':6} {'mode':8} {'B':>3} {'T':>5} | {'fastlstm ms':>11} {'peer ms':>9} {'speed-up':>8} | "
           f"{'fastlstm MiB':>12} {'peer MiB':>9} {'mem ratio':>9}")
-    for mode in ("fwd", "fwd+bwd"):
+    for mode in args.modes:
         for B in Bs:
             for T in Ts:
                 for level, ours, peer in (("op", "sparse_op", "sdpa_masked"), ("module", "sparse_module", "mha_masked")):
+                    if level not in args.levels:
+                        continue
                     a = measure(ours, mode, B, T, args.threads, args.repeats)
                     if dense_bytes(B, T, mode == "fwd+bwd") > available_bytes() // 2:
                         b = None

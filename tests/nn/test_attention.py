@@ -155,3 +155,19 @@ def test_unsupported_combinations_raise():
     train = SparseAttention(8, 2, dropout=0.1).train()
     with pytest.raises(NotImplementedError, match="dropout"):
         train(x, x, x)
+
+
+@needs_cpu
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
+def test_self_attention_matches_multihead_attention(batch_first):
+    """query is key is value takes the one-GEMM projection path."""
+    torch_mha, ours = _pair(batch_first=batch_first)
+    x = torch.randn(3, 9, 16, dtype=torch.float64, requires_grad=True)
+    a_out, a_w = torch_mha(x, x, x)
+    b_out, b_w = ours(x, x, x)
+    assert_parity(b_out, a_out)
+    assert_parity(b_w, a_w)
+    ga = torch.autograd.grad(a_out.sum(), [x, *torch_mha.parameters()])
+    gb = torch.autograd.grad(b_out.sum(), [x, *ours.parameters()])
+    for x_, y_ in zip(gb, ga):
+        assert_parity(x_, y_)
