@@ -57,6 +57,8 @@ def sparse_attention_op(
 
     >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 64, 64, 0, 0.125, None)
     """
+    # The kernels read raw pointers: shapes, dtypes and devices must agree.
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     pad = _padding_buf(key_padding_mask)
@@ -94,7 +96,11 @@ def sparse_attention_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of :func:`sparse_attention_op` given the output,
     its log-sum-exp and the output gradient ``dout`` (B, H, Tq, Dv)."""
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    for name, t, shape in (("out", out, (B, H, Tq, Dv)), ("lse", lse, (B, H, Tq)), ("dout", dout, (B, H, Tq, Dv))):
+        if tuple(t.shape) != shape or t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"sparse_attention_backward: {name} must be {q.dtype} of shape {shape} on {q.device}")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out, lse, dout = out.contiguous(), lse.contiguous(), dout.contiguous()
     pad = _padding_buf(key_padding_mask)

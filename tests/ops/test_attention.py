@@ -255,3 +255,15 @@ def test_opcheck_noncontiguous_inputs():
     out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 2, 1, 1, 0.5, None)
     args = (q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), torch.randn_like(out), 2, 1, 1, 0.5, None)
     torch.library.opcheck(torch.ops.fastlstm.sparse_attention_backward.default, args)
+
+
+@needs_cpu
+def test_op_checks_raw_arguments():
+    q = torch.randn(1, 1, 4, 2)
+    with pytest.raises(TypeError, match="share a dtype"):
+        torch.ops.fastlstm.sparse_attention(q, q.double(), q, 1, 1, 0, 1.0, None)
+    with pytest.raises(TypeError, match="key_padding_mask"):
+        torch.ops.fastlstm.sparse_attention(q, q, q, 1, 1, 0, 1.0, torch.zeros(1, 4, dtype=torch.uint8))
+    out, lse = torch.ops.fastlstm.sparse_attention(q, q, q, 1, 1, 0, 1.0, None)
+    with pytest.raises(ValueError, match="dout"):
+        torch.ops.fastlstm.sparse_attention_backward(q, q, q, out, lse, out[..., :1], 1, 1, 0, 1.0, None)
