@@ -34,6 +34,10 @@ _DTYPES = {
     "triton": (torch.float32, torch.float16, torch.bfloat16),
 }
 
+# Per-op narrowing of _DTYPES, for ops whose kernels support fewer dtypes.
+_OP_DTYPES = {
+    "sparse_attention": {"cuda": (torch.float32, torch.float64)},
+}
 # Backends without LSTM projections (proj_size > 0); `auto` skips them for such calls.
 _NO_PROJ = ("triton",)
 
@@ -64,13 +68,16 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype, *, proj: bool = False) -> str | None:
-    """Why ``backend`` cannot run on ``device``/``dtype`` (with a projection when ``proj``), or None when it can."""
+def unavailable_reason(
+    backend: str, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None
+) -> str | None:
+    """Why ``backend`` cannot run ``op`` (None: any op) on ``device``/``dtype`` (with a
+    projection when ``proj``), or None when it can."""
     if backend == "reference":
         return None
     if proj and backend in _NO_PROJ:
         return "it does not support proj_size > 0"
-    if dtype not in _DTYPES[backend]:
+    if dtype not in _OP_DTYPES.get(op, {}).get(backend, _DTYPES[backend]):
         return f"it does not support {dtype}"
     if backend == "cpu":
         if device.type != "cpu":
@@ -94,8 +101,10 @@ def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype, *
     raise AssertionError(backend)
 
 
-def resolve(requested: str | None, device: torch.device, dtype: torch.dtype, *, proj: bool = False) -> str:
-    """The concrete backend to run: ``requested`` (or the default) with ``auto`` resolved.
+def resolve(
+    requested: str | None, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None
+) -> str:
+    """The concrete backend to run ``op``: ``requested`` (or the default) with ``auto`` resolved.
 
     ``proj``: the call uses an LSTM projection (``proj_size > 0``).
     On CUDA, ``auto`` prefers the ``cuda`` backend (which itself picks a
@@ -104,10 +113,10 @@ def resolve(requested: str | None, device: torch.device, dtype: torch.dtype, *, 
     name = _check_name(requested) if requested is not None else get_backend()
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
-            if unavailable_reason(candidate, device, dtype, proj=proj) is None:
+            if unavailable_reason(candidate, device, dtype, proj=proj, op=op) is None:
                 return candidate
         return "reference"
-    reason = unavailable_reason(name, device, dtype, proj=proj)
+    reason = unavailable_reason(name, device, dtype, proj=proj, op=op)
     if reason is not None:
         raise RuntimeError(f"fastlstm backend {name!r} cannot run here: {reason}")
     return name

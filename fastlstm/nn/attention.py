@@ -174,12 +174,14 @@ class SparseAttention(nn.Module):
     def _projections(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         E = self.embed_dim
         b = self.in_proj_bias
-        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E : 2 * E], b[2 * E :])
         if self._qkv_same_embed_dim:
             w = self.in_proj_weight
+            if query is key and key is value:  # self-attention: one GEMM, as nn.MultiheadAttention does
+                return F.linear(query, w, b).chunk(3, dim=-1)
             wq, wk, wv = w[:E], w[E : 2 * E], w[2 * E :]
         else:
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E : 2 * E], b[2 * E :])
         return F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
 
     def forward(
@@ -209,11 +211,15 @@ class SparseAttention(nn.Module):
             raise ValueError("query, key and value must have the same number of dimensions")
         unbatched = query.dim() == 2
         if unbatched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            same = query is key and key is value
+            query = query.unsqueeze(1)
+            key, value = (query, query) if same else (key.unsqueeze(1), value.unsqueeze(1))
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+            same = query is key and key is value
+            query = query.transpose(0, 1)
+            key, value = (query, query) if same else (key.transpose(0, 1), value.transpose(0, 1))
         # Now (T, B, E).
         if query.shape[-1] != self.embed_dim:
             raise ValueError(f"was expecting embedding dimension of {self.embed_dim}, but got {query.shape[-1]}")
@@ -242,9 +248,9 @@ class SparseAttention(nn.Module):
                 key_padding_mask = F.pad(key_padding_mask, (0, 1))
         Tk = k.shape[0]
         # (T, B, E) -> (B, H, T, Dh)
-        q = q.view(Tq, B, H, Dh).permute(1, 2, 0, 3)
-        k = k.view(Tk, B, H, Dh).permute(1, 2, 0, 3)
-        v = v.view(Tk, B, H, Dh).permute(1, 2, 0, 3)
+        q = q.reshape(Tq, B, H, Dh).permute(1, 2, 0, 3)
+        k = k.reshape(Tk, B, H, Dh).permute(1, 2, 0, 3)
+        v = v.reshape(Tk, B, H, Dh).permute(1, 2, 0, 3)
         out, _ = sparse_attention(
             q, k, v, self.window, self.global_tokens, None, key_padding_mask, backend=self.backend
         )

@@ -57,6 +57,8 @@ def sparse_attention_op(
 
     >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 64, 64, 0, 0.125, None)
     """
+    # The kernels read raw pointers: shapes, dtypes and devices must agree.
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     pad = _padding_buf(key_padding_mask)
@@ -94,7 +96,11 @@ def sparse_attention_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of :func:`sparse_attention_op` given the output,
     its log-sum-exp and the output gradient ``dout`` (B, H, Tq, Dv)."""
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    for name, t, shape in (("out", out, (B, H, Tq, Dv)), ("lse", lse, (B, H, Tq)), ("dout", dout, (B, H, Tq, Dv))):
+        if tuple(t.shape) != shape or t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"sparse_attention_backward: {name} must be {q.dtype} of shape {shape} on {q.device}")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out, lse, dout = out.contiguous(), lse.contiguous(), dout.contiguous()
     pad = _padding_buf(key_padding_mask)
@@ -113,7 +119,8 @@ def sparse_attention_backward_op(
 
 @sparse_attention_backward_op.register_fake
 def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # The kernels write contiguous gradients whatever the inputs' strides.
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -208,7 +215,7 @@ def sparse_attention(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     scale = float(scale)
-    name = _backends.resolve(backend, q.device, q.dtype)
+    name = _backends.resolve(backend, q.device, q.dtype, op="sparse_attention")
     if name == "reference":
         return _reference.sparse_attention(q, k, v, window, global_tokens, scale, key_padding_mask)
     if name == "triton":

@@ -1,0 +1,269 @@
+"""fastlstm::sparse_attention and fastlstm.ops.sparse_attention against the dense reference."""
+
+import pytest
+import torch
+
+import fastlstm
+from fastlstm import _ext, reference
+from fastlstm.ops import sparse_attention
+from fastlstm.testing import assert_parity, within_error_rule
+
+needs_cpu = pytest.mark.skipif("cpu" not in fastlstm.available_backends("cpu"), reason="fastlstm._C not built")
+
+# name: (B, H, Tq, Tk, D, Dv, window, global_tokens, padded)
+CASES = {
+    "causal": (2, 3, 37, 37, 8, 8, (5, 0), 0, False),
+    "symmetric": (2, 2, 50, 50, 16, 16, (3, 3), 0, False),
+    "asymmetric": (1, 2, 41, 41, 5, 7, (6, 1), 0, True),
+    "global": (2, 2, 45, 45, 8, 8, (2, 2), 3, True),
+    "global-causal": (1, 2, 30, 30, 32, 32, (4, 0), 5, False),
+    "dense": (2, 2, 21, 21, 8, 12, None, 0, True),
+    "window-wider-than-T": (1, 2, 13, 13, 4, 4, (100, 100), 0, False),
+    "zero-window": (2, 1, 9, 9, 3, 3, (0, 0), 0, True),
+    "T1": (2, 2, 1, 1, 4, 4, (3, 3), 0, False),
+    "cross-lengths": (1, 2, 19, 23, 6, 6, (2, 5), 1, True),
+    "T-not-tile-multiple": (1, 1, 67, 67, 33, 17, (16, 15), 2, False),
+}
+
+
+def _inputs(B, H, Tq, Tk, D, Dv, window, G, padded, dtype=torch.float64, requires_grad=True):
+    def r(*shape):
+        return torch.randn(*shape, dtype=dtype).requires_grad_(requires_grad)
+
+    kpm = None
+    if padded:
+        kpm = torch.rand(B, Tk) < 0.3
+        kpm[0, -min(3, Tk):] = True
+    return r(B, H, Tq, D), r(B, H, Tk, D), r(B, H, Tk, Dv), window, G, kpm
+
+
+def _loss(out):
+    return (out * torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape).cos()).sum()
+
+
+def _check_lse(lse, ref_lse):
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    finite = torch.isfinite(ref_lse)
+    assert_parity(lse[finite], ref_lse[finite], name="lse")
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_matches_reference(case, dtype):
+    q, k, v, window, G, kpm = _inputs(*case, dtype=dtype)
+    out, lse = sparse_attention(q, k, v, window, G, key_padding_mask=kpm, backend="cpu")
+    ref, ref_lse = reference.sparse_attention(q, k, v, window, G, key_padding_mask=kpm)
+    assert_parity(out, ref, name="out")
+    _check_lse(lse, ref_lse)
+    grads = torch.autograd.grad(_loss(out), (q, k, v))
+    ref_grads = torch.autograd.grad(_loss(ref), (q, k, v))
+    for name, a, b in zip("qkv", grads, ref_grads):
+        assert_parity(a, b, name=f"d{name}")
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", ["global", "asymmetric", "T-not-tile-multiple"])
+def test_fp32_error_rule(case):
+    """fp32 kernel error vs an fp64 reference is within 2x the fp32 reference's error."""
+    q, k, v, window, G, kpm = _inputs(*CASES[case], dtype=torch.float64)
+    ref64 = reference.sparse_attention(q, k, v, window, G, key_padding_mask=kpm)[0]
+    g64 = torch.autograd.grad(_loss(ref64), (q, k, v))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    fused = sparse_attention(q32, k32, v32, window, G, key_padding_mask=kpm, backend="cpu")[0]
+    peer = reference.sparse_attention(q32, k32, v32, window, G, key_padding_mask=kpm)[0]
+    ok, fe, pe = within_error_rule(fused, peer, ref64)
+    assert ok, f"output: fused error {fe:.3g} vs fp32 reference {pe:.3g}"
+    gf = torch.autograd.grad(_loss(fused), (q32, k32, v32))
+    gp = torch.autograd.grad(_loss(peer), (q32, k32, v32))
+    for name, a, b, c in zip("qkv", gf, gp, g64):
+        ok, fe, pe = within_error_rule(a, b, c, floor=1e-5)
+        assert ok, f"d{name}: fused error {fe:.3g} vs fp32 reference {pe:.3g}"
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", ["causal", "global", "dense", "cross-lengths"])
+def test_gradcheck_fp64(case):
+    B, H, Tq, Tk, D, Dv, window, G, padded = CASES[case]
+    q, k, v, window, G, kpm = _inputs(B, 1, min(Tq, 9), min(Tk, 11), 3, 2, window, G, padded)
+
+    def fn(q, k, v):
+        return sparse_attention(q, k, v, window, G, key_padding_mask=kpm, backend="cpu")[0]
+
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-7)
+
+
+@needs_cpu
+@pytest.mark.filterwarnings("ignore:Input #:UserWarning")
+def test_gradcheck_fp32():
+    q, k, v, window, G, kpm = _inputs(1, 1, 7, 7, 3, 2, (2, 1), 1, True, dtype=torch.float32)
+
+    def fn(q, k, v):
+        return sparse_attention(q, k, v, window, G, key_padding_mask=kpm, backend="cpu")[0]
+
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-2, atol=5e-3, rtol=1e-2, fast_mode=True)
+
+
+@needs_cpu
+def test_fully_padded_rows_give_zero():
+    q, k, v, _, _, _ = _inputs(2, 2, 6, 6, 4, 4, None, 0, False)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[1] = True  # batch 1 has no key at all
+    out, lse = sparse_attention(q, k, v, (1, 1), key_padding_mask=kpm, backend="cpu")
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.isneginf(lse[1]).all() and torch.isfinite(lse[0]).all()
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    for g in grads:
+        assert torch.isfinite(g).all()
+        assert torch.equal(g[1], torch.zeros_like(g[1]))
+    ref, _ = reference.sparse_attention(q, k, v, (1, 1), key_padding_mask=kpm)
+    assert_parity(out, ref)
+
+
+@needs_cpu
+def test_independent_of_thread_count():
+    q, k, v, window, G, kpm = _inputs(3, 2, 40, 40, 8, 8, (4, 2), 2, True, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            out, lse = sparse_attention(q, k, v, window, G, key_padding_mask=kpm, backend="cpu")
+            results.append((out, lse, *torch.autograd.grad(out.sum(), (q, k, v))))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@needs_cpu
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_every_isa_level(level):
+    if _ext._C.set_cpu_capability(level) != level:
+        _ext._C.set_cpu_capability(_ext._C.detected_cpu_capability())
+        pytest.skip(f"this CPU does not support {level}")
+    try:
+        q, k, v, window, G, kpm = _inputs(*CASES["global"], dtype=torch.float32)
+        out, lse = sparse_attention(q, k, v, window, G, key_padding_mask=kpm, backend="cpu")
+        ref, ref_lse = reference.sparse_attention(q, k, v, window, G, key_padding_mask=kpm)
+        assert_parity(out, ref)
+        _check_lse(lse, ref_lse)
+        for a, b in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(ref.sum(), (q, k, v))):
+            assert_parity(a, b)
+    finally:
+        _ext._C.set_cpu_capability(_ext._C.detected_cpu_capability())
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", ["global", "dense", "cross-lengths"])
+def test_opcheck(case):
+    q, k, v, window, G, kpm = _inputs(*CASES[case])
+    left, right = window if window is not None else (-1, -1)
+    scale = q.shape[-1] ** -0.5
+    torch.library.opcheck(torch.ops.fastlstm.sparse_attention.default, (q, k, v, left, right, G, scale, kpm))
+    out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, left, right, G, scale, kpm)
+    dout = torch.randn_like(out)
+    args = (q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), dout, left, right, G, scale, kpm)
+    torch.library.opcheck(torch.ops.fastlstm.sparse_attention_backward.default, args)
+
+
+@needs_cpu
+def test_compile_fullgraph():
+    q, k, v, window, G, kpm = _inputs(*CASES["global"], dtype=torch.float32)
+
+    def fn(q, k, v, kpm):
+        out, lse = sparse_attention(q, k, v, window, G, key_padding_mask=kpm, backend="cpu")
+        return out * 2
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v, kpm)
+    expected = fn(q, k, v, kpm)
+    assert_parity(out, expected)
+    g = torch.autograd.grad(out.sum(), (q, k, v))
+    ge = torch.autograd.grad(expected.sum(), (q, k, v))
+    for a, b in zip(g, ge):
+        assert_parity(a, b)
+
+
+def test_reference_backend_is_the_reference():
+    q, k, v, window, G, kpm = _inputs(*CASES["global"])
+    out, lse = sparse_attention(q, k, v, window, G, key_padding_mask=kpm, backend="reference")
+    ref, ref_lse = reference.sparse_attention(q, k, v, window, G, key_padding_mask=kpm)
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+
+
+def test_reference_mask_pattern():
+    allowed = reference.attention_mask(6, 6, (1, 0), global_tokens=1)
+    expected = torch.tensor(
+        [
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 0, 1, 1, 0, 0],
+            [1, 0, 0, 1, 1, 0],
+            [1, 0, 0, 0, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(allowed, expected)
+
+
+@pytest.mark.parametrize(
+    "change, exc, match",
+    [
+        (lambda a: {**a, "q": a["q"][0]}, ValueError, "q must be 4-D"),
+        (lambda a: {**a, "k": a["k"].double()}, TypeError, "share a dtype"),
+        (lambda a: {**a, "v": a["v"][:, :, :-1]}, ValueError, "v has"),
+        (lambda a: {**a, "k": a["k"][..., :-1]}, ValueError, "head_dim"),
+        (lambda a: {**a, "window": (-1, 2)}, ValueError, "window left"),
+        (lambda a: {**a, "window": (1.5, 2)}, TypeError, "window left"),
+        (lambda a: {**a, "window": "wide"}, TypeError, "window"),
+        (lambda a: {**a, "global_tokens": -1}, ValueError, "global_tokens"),
+        (lambda a: {**a, "key_padding_mask": torch.zeros(2, 5, dtype=torch.bool)}, ValueError, "key_padding_mask"),
+        (lambda a: {**a, "key_padding_mask": torch.zeros(2, 8)}, TypeError, "key_padding_mask"),
+        (lambda a: {**a, "backend": "fastest"}, ValueError, "backend"),
+    ],
+    ids=["q-3d", "dtype-mismatch", "v-length", "head-dim", "negative-window", "float-window", "string-window",
+         "negative-global", "mask-shape", "mask-dtype", "unknown-backend"],
+)
+def test_bad_input_raises(change, exc, match):
+    args = dict(q=torch.randn(2, 2, 8, 4), k=torch.randn(2, 2, 8, 4), v=torch.randn(2, 2, 8, 4), window=(2, 2))
+    with pytest.raises(exc, match=match):
+        sparse_attention(**change(args))
+
+
+@needs_cpu
+def test_binding_checks_sizes():
+    q = torch.randn(1, 1, 4, 2)
+    out = torch.empty(1, 1, 4, 2)
+    lse = torch.empty(1, 1, 4)
+    buf = _ext.buf
+    with pytest.raises(ValueError, match="k has 8 elements, expected 10"):
+        _ext._C.sparse_attention_fwd("float32", buf(q), buf(q), buf(q), (0, 0), buf(out), buf(lse),
+                                     1, 1, 4, 5, 2, 2, 1, 1, 0, 1.0, 1)
+    with pytest.raises(TypeError, match="dtype"):
+        _ext._C.sparse_attention_fwd("float16", buf(q), buf(q), buf(q), (0, 0), buf(out), buf(lse),
+                                     1, 1, 4, 4, 2, 2, 1, 1, 0, 1.0, 1)
+
+
+@needs_cpu
+def test_opcheck_noncontiguous_inputs():
+    # (B, T, H, D) storage seen as (B, H, T, D), as modules produce it.
+    q, k, v = (torch.randn(2, 10, 3, 4, dtype=torch.float64).transpose(1, 2).requires_grad_() for _ in range(3))
+    torch.library.opcheck(torch.ops.fastlstm.sparse_attention.default, (q, k, v, 2, 1, 1, 0.5, None))
+    out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 2, 1, 1, 0.5, None)
+    args = (q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), torch.randn_like(out), 2, 1, 1, 0.5, None)
+    torch.library.opcheck(torch.ops.fastlstm.sparse_attention_backward.default, args)
+
+
+@needs_cpu
+def test_op_checks_raw_arguments():
+    q = torch.randn(1, 1, 4, 2)
+    with pytest.raises(TypeError, match="share a dtype"):
+        torch.ops.fastlstm.sparse_attention(q, q.double(), q, 1, 1, 0, 1.0, None)
+    with pytest.raises(TypeError, match="key_padding_mask"):
+        torch.ops.fastlstm.sparse_attention(q, q, q, 1, 1, 0, 1.0, torch.zeros(1, 4, dtype=torch.uint8))
+    out, lse = torch.ops.fastlstm.sparse_attention(q, q, q, 1, 1, 0, 1.0, None)
+    with pytest.raises(ValueError, match="dout"):
+        torch.ops.fastlstm.sparse_attention_backward(q, q, q, out, lse, out[..., :1], 1, 1, 0, 1.0, None)
