@@ -286,6 +286,11 @@ class LSTM(nn.Module):
     def _forward_packed(self, packed: PackedSequence, hx):
         data, batch_sizes, sorted_indices, _ = packed
         self._check_input(data, packed=True)
+        if int(batch_sizes.sum()) != data.shape[0]:
+            raise RuntimeError(
+                f"PackedSequence is inconsistent: batch_sizes sum to {int(batch_sizes.sum())} "
+                f"but data has {data.shape[0]} rows"
+            )
         batch = int(batch_sizes[0])
         if hx is not None:
             hx = self._check_hidden(hx, data, batch)  # hx is in the caller's (unsorted) order
