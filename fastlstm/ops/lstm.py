@@ -171,10 +171,11 @@ def _(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths):
 def _previous_hidden(y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tensor:
     """The hidden state each step consumed: (T, B, D, P), in processing order per direction."""
     T = y.shape[0]
-    fwd = torch.cat([h0[0].unsqueeze(0), y[:-1, :, 0]], dim=0)
+    # [:T] keeps T = 0 empty (y[:-1] is then empty too, not one row shorter).
+    fwd = torch.cat([h0[0].unsqueeze(0), y[:-1, :, 0]], dim=0)[:T]
     if y.shape[2] == 1:
         return fwd.unsqueeze(2)
-    rev = torch.cat([y[1:, :, 1], h0[1].unsqueeze(0)], dim=0)
+    rev = torch.cat([y[1:, :, 1], h0[1].unsqueeze(0)], dim=0)[:T]
     steps = torch.arange(T, device=y.device).unsqueeze(1)
     limit = lengths.to(y.device).unsqueeze(0) if lengths is not None else torch.full_like(steps, T)
     first = (steps + 1 >= limit).unsqueeze(-1)  # the reverse direction starts from h0 here
@@ -206,7 +207,7 @@ def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
     T, B, D, G = dgates.shape
     H = G // 4
     hprev = _previous_hidden(y, h0, lengths)
-    dw_hh = torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B), hprev.permute(2, 0, 1, 3).reshape(D, T * B, -1))
+    dw_hh = torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B), hprev.permute(2, 0, 1, 3).reshape(D, T * B, w_hh.shape[-1]))
     dw_hr = None
     if w_hr is not None:
         hpre = gates[..., 3 * H :] * torch.tanh(cells)

@@ -1,0 +1,154 @@
+"""Hypothesis fuzzing of the LSTM ops and module against fastlstm.reference
+(and torch.nn.LSTM) over random shapes, strides, lengths and dtypes.
+Derandomized with a fixed example budget so CI is reproducible and fast."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastlstm
+from fastlstm import _ext, ops, reference
+from fastlstm.testing import assert_parity
+
+FUZZ = settings(derandomize=True, max_examples=40, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+needs_c = pytest.mark.skipif(not _ext.available(), reason="fastlstm._C unavailable")
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+LAYOUTS = ("contiguous", "transposed", "strided", "expanded", "offset")
+
+
+def _layout(t: torch.Tensor, how: str) -> torch.Tensor:
+    """The same values as ``t`` in another memory layout."""
+    if how == "transposed" and t.dim() >= 2:
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+    if how == "strided":
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    if how == "expanded" and t.numel() and t.shape[0] > 1:
+        # Broadcast the first slice along dim 0 (so values change: return them).
+        return t[:1].expand_as(t)
+    if how == "offset":
+        return torch.cat([t.new_zeros(1, *t.shape[1:]), t])[1:]
+    return t
+
+
+@st.composite
+def recurrence_case(draw):
+    T = draw(st.integers(0, 7))
+    B = draw(st.integers(0, 4))
+    D = draw(st.integers(1, 2))
+    H = draw(st.integers(1, 9))
+    P = draw(st.integers(1, H - 1)) if H > 1 and draw(st.booleans()) else H
+    dtype = draw(DTYPES)
+    lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
+    layouts = [draw(st.sampled_from(LAYOUTS)) for _ in range(5)]
+    seed = draw(st.integers(0, 2**16))
+    return T, B, D, H, P, dtype, lengths, layouts, seed
+
+
+def _recurrence_inputs(T, B, D, H, P, dtype, lengths, layouts, seed):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    gx = _layout(rnd(T, B, D, 4 * H), layouts[0])
+    w_hh = _layout(rnd(D, 4 * H, P) * 0.5, layouts[1])
+    w_hr = _layout(rnd(D, P, H) * 0.5, layouts[2]) if P != H else None
+    h0 = _layout(rnd(D, B, P), layouts[3])
+    c0 = _layout(rnd(D, B, H), layouts[4])
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64).reshape(B)
+    return gx, w_hh, w_hr, h0, c0, lens
+
+
+@needs_c
+@FUZZ
+@given(recurrence_case(), st.booleans())
+def test_fuzz_lstm_recurrence_forward(case, save):
+    args = _recurrence_inputs(*case)
+    got = ops.lstm_recurrence(*args, save)
+    want = reference.lstm_recurrence(*args)
+    names = ("y", "h_n", "c_n", "gates", "cells")
+    for name, a, e in zip(names[: 5 if save else 3], got, want):
+        assert a.shape == e.shape, name
+        assert_parity(a, e, name=name)
+    if not save:
+        assert got[3].numel() == 0 and got[4].numel() == 0
+
+
+@needs_c
+@settings(FUZZ, max_examples=25)
+@given(recurrence_case())
+def test_fuzz_lstm_recurrence_gradients(case):
+    T, B, D, H, P, _, lengths, layouts, seed = case
+    args = _recurrence_inputs(T, B, D, H, P, torch.float64, lengths, layouts, seed)
+    leaves = [a.detach().clone().requires_grad_() if a is not None and a.dtype.is_floating_point else a for a in args]
+    diff = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+    g = torch.Generator().manual_seed(seed + 1)
+    y, h_n, c_n, _, _ = ops.lstm_recurrence(*leaves, True)
+    wy, wh, wc = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (y, h_n, c_n))
+    loss = (y * wy).sum() + (h_n * wh).sum() + (c_n * wc).sum()
+    got = torch.autograd.grad(loss, diff, allow_unused=True)
+    y, h_n, c_n, _, _ = reference.lstm_recurrence(*leaves)
+    loss = (y * wy).sum() + (h_n * wh).sum() + (c_n * wc).sum()
+    want = torch.autograd.grad(loss, diff, allow_unused=True)
+    for i, (a, e) in enumerate(zip(got, want)):
+        a = torch.zeros_like(diff[i]) if a is None else a
+        e = torch.zeros_like(diff[i]) if e is None else e
+        assert_parity(a, e, name=f"grad {i}")
+
+
+@st.composite
+def module_case(draw):
+    cfg = dict(
+        num_layers=draw(st.integers(1, 3)),
+        bidirectional=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+    )
+    H = draw(st.integers(1, 8))
+    if H > 1 and draw(st.booleans()):
+        cfg["proj_size"] = draw(st.integers(1, H - 1))
+    I = draw(st.integers(1, 6))
+    T = draw(st.integers(1, 6))
+    B = draw(st.integers(1, 4))
+    packed = draw(st.none() | st.lists(st.integers(1, T), min_size=B, max_size=B))
+    with_hx = draw(st.booleans())
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(DTYPES)
+    return cfg, I, H, T, B, packed, with_hx, layout, dtype, draw(st.integers(0, 2**16))
+
+
+@FUZZ
+@given(module_case(), st.sampled_from(fastlstm.available_backends("cpu")))
+def test_fuzz_lstm_module_vs_torch(case, backend):
+    cfg, I, H, T, B, packed, with_hx, layout, dtype, seed = case
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(I, H, **cfg, dtype=dtype)
+    fast = fastlstm.LSTM.from_torch(ref, backend=backend)
+    x = _layout(torch.randn(T, B, I, dtype=dtype), layout)
+    if cfg["batch_first"]:
+        x = x.transpose(0, 1)
+    x_r = x.detach().clone().requires_grad_()
+    x_f = x.detach().clone().requires_grad_()
+    hx = None
+    if with_hx:
+        n = cfg["num_layers"] * (2 if cfg["bidirectional"] else 1)
+        hx = (torch.randn(n, B, cfg.get("proj_size", 0) or H, dtype=dtype), torch.randn(n, B, H, dtype=dtype))
+    if packed is not None:
+        lens = torch.tensor(packed)
+        inp_r = pack_padded_sequence(x_r, lens, batch_first=cfg["batch_first"], enforce_sorted=False)
+        inp_f = pack_padded_sequence(x_f, lens, batch_first=cfg["batch_first"], enforce_sorted=False)
+    else:
+        inp_r, inp_f = x_r, x_f
+    out_r, (h_r, c_r) = ref(inp_r, hx)
+    out_f, (h_f, c_f) = fast(inp_f, hx)
+    if packed is not None:
+        out_r, out_f = out_r.data, out_f.data
+    for name, a, e in (("out", out_f, out_r), ("h_n", h_f, h_r), ("c_n", c_f, c_r)):
+        assert_parity(a, e, name=name)
+    loss = lambda o, h, c: (o * o).sum() + h.sum() - 0.5 * c.sum()  # noqa: E731
+    g_r = torch.autograd.grad(loss(out_r, h_r, c_r), [x_r, *ref.parameters()])
+    g_f = torch.autograd.grad(loss(out_f, h_f, c_f), [x_f, *fast.parameters()])
+    for i, (a, e) in enumerate(zip(g_f, g_r)):
+        assert_parity(a, e, name=f"grad {i}")
