@@ -34,6 +34,12 @@ _DTYPES = {
     "triton": (torch.float32, torch.float16, torch.bfloat16),
 }
 
+# Backends whose results can vary run to run (e.g. atomics in a reduction).
+# While torch.use_deterministic_algorithms(True) is on, `auto` skips them and
+# naming one explicitly raises (docs/reliability.md). Every backend today is
+# deterministic; a GPU backend that is not must be listed here.
+NONDETERMINISTIC: tuple[str, ...] = ()
+
 _default: str | None = None
 
 
@@ -65,6 +71,8 @@ def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) -
     """Why ``backend`` cannot run on ``device``/``dtype``, or None when it can."""
     if backend == "reference":
         return None
+    if backend in NONDETERMINISTIC and torch.are_deterministic_algorithms_enabled():
+        return "it is nondeterministic and torch.use_deterministic_algorithms(True) is on"
     if dtype not in _DTYPES[backend]:
         return f"it does not support {dtype}"
     if backend == "cpu":

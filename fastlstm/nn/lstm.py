@@ -367,6 +367,14 @@ class LSTMCell(nn.Module):
         return module
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+            # Autocast policy (docs/reliability.md): like torch.nn.LSTMCell, the
+            # cell computes and returns in its weights' dtype under autocast.
+            dtype = self.weight_ih.dtype
+            if isinstance(hx, (tuple, list)):
+                hx = tuple(t.to(dtype) if isinstance(t, Tensor) else t for t in hx)
+            with torch.autocast(input.device.type, enabled=False):
+                return self.forward(input.to(dtype), hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:

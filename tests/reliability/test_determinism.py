@@ -72,6 +72,23 @@ def test_use_deterministic_algorithms_honoured_on_cpu(backend):
             assert torch.equal(a, e)
 
 
+def test_nondeterministic_backends_refused_in_deterministic_mode(monkeypatch):
+    # The mechanism, exercised on CPU by marking the compiled backend nondeterministic.
+    if "cpu" not in fastlstm.available_backends("cpu"):
+        pytest.skip("fastlstm._C unavailable")
+    monkeypatch.setattr(_backends, "NONDETERMINISTIC", ("cpu",))
+    x = torch.randn(3, 2, 4)
+    saved = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _backends.resolve("auto", x.device, x.dtype) == "reference"  # auto switches
+        with pytest.raises(RuntimeError, match="deterministic"):
+            fastlstm.LSTM(4, 5, backend="cpu")(x)  # an explicit choice raises
+    finally:
+        torch.use_deterministic_algorithms(saved)
+    assert _backends.resolve("auto", x.device, x.dtype) == "cpu"
+
+
 def test_deterministic_policy_on_gpu_backends():
     # Policy (docs/reliability.md): every fastlstm GPU path is deterministic
     # (no atomics in reductions), or the backend table refuses it while

@@ -205,14 +205,18 @@ def test_autocast_cpu_bf16_policy(backend):
 
 
 def test_autocast_cpu_bf16_cell():
-    cell = fastlstm.LSTMCell(4, 6)
+    # torch.nn.LSTMCell returns fp32 under CPU autocast; so does fastlstm's, computed in fp32.
+    ref = nn.LSTMCell(4, 6)
+    cell = fastlstm.LSTMCell.from_torch(ref)
     x = torch.randn(3, 4)
+    hx = (torch.randn(3, 6).bfloat16(), torch.randn(3, 6))
     with torch.no_grad():
-        h32, c32 = cell(x)
+        h32, c32 = cell(x, (hx[0].float(), hx[1]))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        h, c = cell(x)
-    assert h.dtype == c.dtype == torch.bfloat16
-    assert torch.equal(h, h32.bfloat16()) and torch.equal(c, c32.bfloat16())
+        h, c = cell(x, hx)
+        h_t, c_t = ref(x, (hx[0].float(), hx[1]))
+    assert (h.dtype, c.dtype) == (h_t.dtype, c_t.dtype) == (torch.float32, torch.float32)
+    assert torch.equal(h, h32) and torch.equal(c, c32)
 
 
 def test_autocast_disabled_region_is_plain_fp32():
