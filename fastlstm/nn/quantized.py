@@ -160,6 +160,12 @@ class QuantizedLSTM(_RuntimeBacked):
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
                 raise RuntimeError("lstm expects two hidden states: hx must be a tuple (h_0, c_0)")
+            for name, t in zip(("h_0", "c_0"), hx):
+                if t.device != data.device:
+                    raise RuntimeError(
+                        f"Input and hidden tensors are not at the same device, found input tensor at "
+                        f"{data.device} and hidden tensor ({name}) at {t.device}"
+                    )
             state = (_np(hx[0]), _np(hx[1]))
         else:
             state = None

@@ -57,6 +57,9 @@ def sparse_attention_op(
 
     >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 64, 64, 0, 0.125, None)
     """
+    # The raw op checks too: the kernel sees only element counts, so a float64
+    # k or a float mask with the right count would otherwise be misread.
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     pad = _padding_buf(key_padding_mask)
@@ -74,6 +77,7 @@ def sparse_attention_op(
 
 @sparse_attention_op.register_fake
 def _(q, k, v, left, right, global_tokens, scale, key_padding_mask):
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq)
 
