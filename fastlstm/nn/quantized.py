@@ -152,7 +152,7 @@ class QuantizedLSTM(_RuntimeBacked):
         data = input.data if packed else input
         if not isinstance(data, Tensor):
             raise TypeError(f"QuantizedLSTM: input must be a Tensor or PackedSequence, got {type(input).__name__}")
-        _check_no_grad("QuantizedLSTM", data, *(hx or ()))
+        _check_no_grad("QuantizedLSTM", data, *(hx if isinstance(hx, (tuple, list)) else ()))
         if data.device.type != "cpu":
             raise RuntimeError(f"QuantizedLSTM runs on CPU only, got input on {data.device}")
         if not data.is_floating_point():
