@@ -111,3 +111,36 @@ def test_gil_released_during_kernel():
     assert rate > 0.03 * free_rate, (
         f"Python ran {rate:.0f} iterations/s during the kernel, {free_rate:.0f}/s free: GIL held?")
     torch.testing.assert_close(y, ops.lstm_recurrence(gx, w_hh, None, h0, c0, None, False)[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", fastlstm.available_backends("cpu"))
+def test_threads_share_one_sparse_attention(backend):
+    module = fastlstm.SparseAttention(8, 2, window=(3, 1), global_tokens=1, attn_weights_format="dense",
+                                     backend=backend)
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(6 + i % 5, 2, 8, generator=g, requires_grad=True) for i in range(THREADS * ROUNDS)]
+
+    def run(x):
+        out, weights = module(x, x, x)
+        grads = torch.autograd.grad(out.sum(), [x, *module.parameters()])
+        return [out.detach(), weights, *grads]
+
+    expected = [run(x) for x in xs]
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = list(pool.map(run, xs))
+    for got, want in zip(results, expected):
+        for a, e in zip(got, want):
+            assert torch.equal(a, e)
+
+
+@pytest.mark.skipif(not _ext.available(), reason="fastlstm._C unavailable")
+def test_threads_share_one_quantized_lstm():
+    ref = torch.nn.LSTM(5, 7, num_layers=2, bidirectional=True)
+    module = fastlstm.quantize_dynamic(torch.nn.Sequential(ref))[0]
+    xs = _inputs(THREADS * ROUNDS)
+    with torch.no_grad():
+        expected = [module(x.detach()) for x in xs]
+        with ThreadPoolExecutor(THREADS) as pool:
+            results = list(pool.map(lambda x: module(x.detach()), xs))
+    for (out, (h, c)), (out_e, (h_e, c_e)) in zip(results, expected):
+        assert torch.equal(out, out_e) and torch.equal(h, h_e) and torch.equal(c, c_e)

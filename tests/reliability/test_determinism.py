@@ -113,3 +113,37 @@ def test_deterministic_policy_on_gpu_backends():
                 assert torch.equal(a, e), f"{name} is not deterministic"
     finally:
         torch.use_deterministic_algorithms(saved)
+
+
+@pytest.mark.parametrize("backend", fastlstm.available_backends("cpu"))
+def test_sparse_attention_bitwise_across_thread_counts(backend, threads):
+    torch.manual_seed(0)
+    module = fastlstm.SparseAttention(16, 4, window=(5, 2), global_tokens=2, backend=backend)
+    x = torch.randn(40, 4, 16, requires_grad=True)
+    mask = torch.rand(4, 40) < 0.2
+
+    def run():
+        out, _ = module(x, x, x, key_padding_mask=mask, need_weights=False)
+        return [out.detach(), *torch.autograd.grad((out * out).sum(), [x, *module.parameters()])]
+
+    runs = []
+    for num_threads in (1, 2, 1, 2):
+        torch.set_num_threads(num_threads)
+        runs.append(run())
+    for run_ in runs[1:]:
+        for a, e in zip(run_, runs[0]):
+            assert torch.equal(a, e)
+
+
+@pytest.mark.skipif("cpu" not in fastlstm.available_backends("cpu"), reason="fastlstm._C unavailable")
+def test_quantized_lstm_bitwise_across_thread_counts(threads):
+    module = fastlstm.quantize_dynamic(torch.nn.Sequential(torch.nn.LSTM(6, 16, bidirectional=True)))[0]
+    x = torch.randn(12, 16, 6)
+    runs = []
+    for num_threads in (1, 2, 1, 2):
+        torch.set_num_threads(num_threads)
+        out, (h, c) = module(x)
+        runs.append((out, h, c))
+    for run_ in runs[1:]:
+        for a, e in zip(run_, runs[0]):
+            assert torch.equal(a, e)

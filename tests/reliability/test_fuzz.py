@@ -152,3 +152,49 @@ def test_fuzz_lstm_module_vs_torch(case, backend):
     g_f = torch.autograd.grad(loss(out_f, h_f, c_f), [x_f, *fast.parameters()])
     for i, (a, e) in enumerate(zip(g_f, g_r)):
         assert_parity(a, e, name=f"grad {i}")
+
+
+@st.composite
+def attention_case(draw):
+    B = draw(st.integers(0, 2))
+    H = draw(st.integers(1, 3))
+    Tq = draw(st.integers(0, 40))
+    Tk = draw(st.integers(1, 40)) if Tq else draw(st.integers(0, 40))
+    D = draw(st.integers(1, 9))
+    Dv = draw(st.integers(1, 9))
+    window = draw(st.none() | st.integers(0, 6) | st.tuples(st.integers(0, 6), st.integers(0, 6)))
+    global_tokens = draw(st.integers(0, 3))
+    mask = draw(st.none() | st.lists(st.booleans(), min_size=B * Tk, max_size=B * Tk))
+    layouts = [draw(st.sampled_from(LAYOUTS)) for _ in range(3)]
+    return B, H, Tq, Tk, D, Dv, window, global_tokens, mask, layouts, draw(DTYPES), draw(st.integers(0, 2**16))
+
+
+def _attention_inputs(B, H, Tq, Tk, D, Dv, window, global_tokens, mask, layouts, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = _layout(torch.randn(B, H, Tq, D, generator=g, dtype=dtype), layouts[0])
+    k = _layout(torch.randn(B, H, Tk, D, generator=g, dtype=dtype), layouts[1])
+    v = _layout(torch.randn(B, H, Tk, Dv, generator=g, dtype=dtype), layouts[2])
+    pad = None if mask is None else torch.tensor(mask, dtype=torch.bool).reshape(B, Tk)
+    return q, k, v, pad
+
+
+@FUZZ
+@given(attention_case(), st.sampled_from(fastlstm.available_backends("cpu")))
+def test_fuzz_sparse_attention_vs_reference(case, backend):
+    B, H, Tq, Tk, D, Dv, window, global_tokens, mask, layouts, dtype, seed = case
+    q, k, v, pad = _attention_inputs(*case)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out, lse = ops.sparse_attention(*leaves, window, global_tokens, None, pad, backend=backend)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out_r, lse_r = reference.sparse_attention(*ref_leaves, window, global_tokens, None, pad)
+    assert_parity(out, out_r, name="out")
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r))
+    finite = torch.isfinite(lse_r)
+    assert_parity(lse[finite], lse_r[finite], name="lse")
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    got = torch.autograd.grad((out * g.to(dtype)).sum(), leaves, allow_unused=True)
+    want = torch.autograd.grad((out_r * g).sum(), ref_leaves, allow_unused=True)
+    for name, a, e, leaf in zip("qkv", got, want, leaves):
+        a = torch.zeros_like(leaf) if a is None else a
+        e = torch.zeros_like(leaf, dtype=torch.float64) if e is None else e
+        assert_parity(a, e, dtype=dtype, name=f"d{name}")
