@@ -117,7 +117,9 @@ def sparse_attention_backward_op(
 
 @sparse_attention_backward_op.register_fake
 def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # Contiguous like the real kernel's outputs (empty_like would copy a permuted
+    # q's strides, and compiled graphs would then view the real result wrongly).
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -305,3 +305,88 @@ def test_save_load_whole_module_policy():
     assert torch.equal(loaded(x)[0], fast(x)[0])
     buf.seek(0)
     assert torch.equal(torch.load(buf, weights_only=False)(x)[0], fast(x)[0])
+
+
+# --------------------------------------------------------------------------
+# SparseAttention and QuantizedLSTM
+# --------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """fastlstm.LSTM followed by SparseAttention, like the productivity model's trunk."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = fastlstm.LSTM(4, 8, bidirectional=True, batch_first=True)
+        self.attn = fastlstm.SparseAttention(16, 2, batch_first=True, window=(3, 3))
+
+    def forward(self, x):
+        h, _ = self.lstm(x)
+        out, _ = self.attn(h, h, h, need_weights=False)
+        return out.mean(dim=1)
+
+
+def test_compile_sparse_attention_model_dynamic_seq_len():
+    torch._dynamo.reset()
+    model = Encoder()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    x = torch.randn(2, 9, 4, requires_grad=True)
+    assert_parity(compiled(x), model(x))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for T in (5, 16, 23):
+            x = torch.randn(2, T, 4, requires_grad=True)
+            got, want = compiled(x), model(x)
+            assert_parity(got, want)
+            for a, e in zip(torch.autograd.grad(got.sum(), [x, *model.parameters()]),
+                            torch.autograd.grad(want.sum(), [x, *model.parameters()])):
+                assert_parity(a, e)
+
+
+def test_torch_export_sparse_attention_model():
+    model = Encoder().eval()
+    ep = torch.export.export(model, (torch.randn(2, 8, 4),),
+                             dynamic_shapes={"x": {1: torch.export.Dim("T", min=2, max=512)}})
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("fastlstm.sparse_attention" in t for t in targets), targets
+    for T in (3, 8, 19):
+        x = torch.randn(2, T, 4)
+        assert_parity(ep.module()(x), model(x))
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(kdim=6, vdim=5), dict(bias=False, batch_first=True)],
+                         ids=["packed-qkv", "separate-kv-dims", "no-bias"])
+def test_state_dict_round_trip_with_multihead_attention(cfg):
+    ref = nn.MultiheadAttention(8, 2, **cfg).eval()
+    fast = fastlstm.SparseAttention(8, 2, **cfg).eval()
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    back = nn.MultiheadAttention(8, 2, **cfg)
+    back.load_state_dict(fast.state_dict(), strict=True)
+    q = torch.randn(5, 3, 8)
+    k = torch.randn(5, 3, cfg.get("kdim", 8))
+    v = torch.randn(5, 3, cfg.get("vdim", 8))
+    if cfg.get("batch_first"):
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+    for a, e in zip(fast(q, k, v), back(q, k, v)):
+        assert_parity(a, e)
+
+
+def test_save_load_weights_only_sparse_attention_and_quantized():
+    model = Encoder()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    restored = Encoder()
+    restored.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(2, 6, 4)
+    assert torch.equal(restored(x), model(x))
+
+    qmodel = fastlstm.quantize_dynamic(nn.Sequential(nn.LSTM(4, 6)))
+    buf = io.BytesIO()
+    torch.save(qmodel.state_dict(), buf)
+    buf.seek(0)
+    qrestored = fastlstm.quantize_dynamic(nn.Sequential(nn.LSTM(4, 6)))
+    qrestored.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(5, 2, 4)
+    for a, e in zip(torch.utils._pytree.tree_leaves(qrestored(x)), torch.utils._pytree.tree_leaves(qmodel(x))):
+        assert torch.equal(a, e)
