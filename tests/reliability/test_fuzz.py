@@ -198,3 +198,82 @@ def test_fuzz_sparse_attention_vs_reference(case, backend):
         a = torch.zeros_like(leaf) if a is None else a
         e = torch.zeros_like(leaf, dtype=torch.float64) if e is None else e
         assert_parity(a, e, dtype=dtype, name=f"d{name}")
+
+
+# --------------------------------------------------------------------------
+# Runtime loader: structure-aware corruption with a *valid* checksum
+# (tests/runtime covers truncated files and flipped bytes, which the checksum
+# catches; here the file is well formed and its contents lie).
+# --------------------------------------------------------------------------
+
+_BAD_INTS = st.sampled_from([-1, 0, 1, 3, 7, 2**16 + 1, 2**31, 2**62])
+_BAD_VALUES = _BAD_INTS | st.sampled_from([None, "8", 2.5, [], True, {}])
+
+
+@st.composite
+def runtime_mutation(draw, tensor_names, config):
+    kind = draw(st.sampled_from(["config", "tensor-shape", "tensor-dtype", "tensor-drop", "tensor-extra"]))
+    if kind == "config":
+        layer = draw(st.integers(0, len(config["layers"]) - 1))
+        key = draw(st.sampled_from(sorted(config["layers"][layer])))
+        return kind, (layer, key, draw(_BAD_VALUES))
+    return kind, (draw(st.sampled_from(tensor_names)), draw(st.integers(0, 3)))
+
+
+def _runtime_fixture(tmp_path_factory):
+    import numpy as np
+    from torch import nn
+
+    from fastlstm.runtime import format as rt_format
+
+    path = tmp_path_factory.mktemp("rt") / "m.safetensors"
+    model = torch.nn.Sequential(nn.LSTM(4, 8, bidirectional=True, num_layers=2), nn.Linear(16, 3))
+    fastlstm.export(fastlstm.quantize_dynamic(model), path)
+    tensors, config = rt_format.read(path)
+    return np, rt_format, tensors, config, path.parent
+
+
+@needs_c
+def test_fuzz_runtime_loader_lying_contents(tmp_path_factory):
+    import copy
+
+    np, rt_format, tensors, config, folder = _runtime_fixture(tmp_path_factory)
+    import fastlstm.runtime as rt
+
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(np.float32)
+    good = rt.load(folder / "m.safetensors")(x)
+
+    @settings(FUZZ, max_examples=60)
+    @given(runtime_mutation(sorted(tensors), config))
+    def check(mutation):
+        kind, arg = mutation
+        t, c = dict(tensors), copy.deepcopy(config)
+        if kind == "config":
+            layer, key, value = arg
+            c["layers"][layer][key] = value
+        else:
+            name, how = arg
+            a = t[name]
+            if kind == "tensor-shape":
+                t[name] = [a.reshape(-1), a[..., :-1] if a.shape[-1] > 1 else a[:0], np.concatenate([a, a]),
+                           a.reshape(1, *a.shape)][how]
+            elif kind == "tensor-dtype":
+                t[name] = a.astype([np.float64, np.int32, np.int8, np.float32][how])
+            elif kind == "tensor-drop":
+                del t[name]
+            else:
+                t[name + ["_x", ".extra", "", "_"][how]] = a
+        path = folder / "bad.safetensors"
+        rt_format.write(path, t, c)
+        try:
+            model = rt.load(path)
+            out = model(x)
+        except (ValueError, TypeError):
+            return  # a clear error: fine
+        # Loaded and ran: then it must mean what the good file means (e.g. an unused key).
+        for a, e in zip(out if isinstance(out, tuple) else (out,), good if isinstance(good, tuple) else (good,)):
+            np.testing.assert_array_equal(np.asarray(a if not isinstance(a, tuple) else a[0]),
+                                          np.asarray(e if not isinstance(e, tuple) else e[0]),
+                                          err_msg=f"{mutation} loaded and ran with a different answer")
+
+    check()
