@@ -38,6 +38,13 @@ _DTYPES = {
 _OP_DTYPES = {
     "sparse_attention": {"cuda": (torch.float32, torch.float64)},
 }
+
+# Backends whose results can vary run to run (e.g. atomics in a reduction).
+# While torch.use_deterministic_algorithms(True) is on, `auto` skips them and
+# naming one explicitly raises (docs/reliability.md). Every backend today is
+# deterministic; a GPU backend that is not must be listed here.
+NONDETERMINISTIC: tuple[str, ...] = ()
+
 # Backends without LSTM projections (proj_size > 0); `auto` skips them for such calls.
 _NO_PROJ = ("triton",)
 
@@ -75,6 +82,8 @@ def unavailable_reason(
     projection when ``proj``), or None when it can."""
     if backend == "reference":
         return None
+    if backend in NONDETERMINISTIC and torch.are_deterministic_algorithms_enabled():
+        return "it is nondeterministic and torch.use_deterministic_algorithms(True) is on"
     if proj and backend in _NO_PROJ:
         return "it does not support proj_size > 0"
     if dtype not in _OP_DTYPES.get(op, {}).get(backend, _DTYPES[backend]):

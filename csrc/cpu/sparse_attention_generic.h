@@ -197,11 +197,12 @@ void mask_row(const Block& blk, int r, const uint8_t* pad, T scale, T* s) {
   }
 }
 
-// Max of a row whose length is a multiple of kCols.
+// Max of a row whose length is a multiple of kCols. A NaN score wins (x != x),
+// so a NaN input gives a NaN row as in torch, not the "no allowed key" zero row.
 template <typename T>
 T row_max(const T* s, int64_t width) {
   T out = -std::numeric_limits<T>::infinity();
-  for (int64_t c = 0; c < width; ++c) out = s[c] > out ? s[c] : out;
+  for (int64_t c = 0; c < width; ++c) out = (s[c] > out || s[c] != s[c]) ? s[c] : out;
   return out;
 }
 
@@ -261,10 +262,10 @@ float row_max<float>(const float* s, int64_t width) {
   for (int64_t c = 0; c < width; c += kCols) {
     VecF x;
     std::memcpy(&x, s + c, sizeof(x));
-    m = x > m ? x : m;
+    m = ((x > m) | (x != x)) ? x : m;
   }
   float out = m[0];
-  for (int jj = 1; jj < kCols; ++jj) out = m[jj] > out ? m[jj] : out;
+  for (int jj = 1; jj < kCols; ++jj) out = (m[jj] > out || m[jj] != m[jj]) ? m[jj] : out;
   return out;
 }
 

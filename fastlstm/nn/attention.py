@@ -42,6 +42,8 @@ def banded_to_dense(weights: Tensor, window, k_len: int) -> Tensor:
 
 def _masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
     """Softmax over allowed entries; rows with none give 0 (not NaN)."""
+    if scores.shape[-1] == 0:  # no keys at all (T = 0): amax would fail on the empty dim
+        return scores
     s = torch.where(allowed, scores, float("-inf"))
     m = s.detach().amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))

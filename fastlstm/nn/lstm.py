@@ -204,6 +204,11 @@ class LSTM(nn.Module):
 
     def _check_input(self, data: Tensor, packed: bool) -> None:
         weight = self.weight_ih_l0
+        if data.device != weight.device:
+            raise RuntimeError(
+                f"Input and parameter tensors are not at the same device, found input tensor at "
+                f"{data.device} and parameter tensor at {weight.device}"
+            )
         if data.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
                 f"RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
@@ -229,7 +234,7 @@ class LSTM(nn.Module):
                     f"Input and hidden tensors are not at the same device, found input tensor at "
                     f"{data.device} and hidden tensor ({name}) at {t.device}"
                 )
-            if t.dtype != data.dtype:
+            if t.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):
                 raise RuntimeError(f"hx: {name} dtype ({t.dtype}) does not match input dtype ({data.dtype})")
         h_size, c_size = self._expected_sizes(batch)
         if tuple(h0.shape) != h_size:
@@ -301,6 +306,11 @@ class LSTM(nn.Module):
     def _forward_packed(self, packed: PackedSequence, hx):
         data, batch_sizes, sorted_indices, _ = packed
         self._check_input(data, packed=True)
+        if int(batch_sizes.sum()) != data.shape[0]:
+            raise RuntimeError(
+                f"PackedSequence is inconsistent: batch_sizes sum to {int(batch_sizes.sum())} "
+                f"but data has {data.shape[0]} rows"
+            )
         batch = int(batch_sizes[0])
         if hx is not None:
             hx = self._check_hidden(hx, data, batch)  # hx is in the caller's (unsorted) order
@@ -380,9 +390,19 @@ class LSTMCell(nn.Module):
         return module
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+            # Autocast policy (docs/reliability.md): like torch.nn.LSTMCell, the
+            # cell computes and returns in its weights' dtype under autocast.
+            dtype = self.weight_ih.dtype
+            if isinstance(hx, (tuple, list)):
+                hx = tuple(t.to(dtype) if isinstance(t, Tensor) else t for t in hx)
+            with torch.autocast(input.device.type, enabled=False):
+                return self.forward(input.to(dtype), hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+                raise TypeError(f"LSTMCell: hx must be a tuple of two Tensors (h_0, c_0), got {type(hx).__name__}")
             for idx, value in enumerate(hx):
                 if value.dim() not in (1, 2):
                     raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
@@ -391,7 +411,12 @@ class LSTMCell(nn.Module):
             input = input.unsqueeze(0)
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
-        if input.dtype != self.weight_ih.dtype:
+        if input.device != self.weight_ih.device:
+            raise RuntimeError(
+                f"Input and parameter tensors are not at the same device, found input tensor at "
+                f"{input.device} and parameter tensor at {self.weight_ih.device}"
+            )
+        if input.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
             raise RuntimeError(
                 f"LSTMCell: input dtype ({input.dtype}) does not match weight dtype ({self.weight_ih.dtype})"
             )
@@ -413,7 +438,7 @@ class LSTMCell(nn.Module):
                         f"Input and hidden tensors are not at the same device, found input tensor at "
                         f"{input.device} and hidden tensor (hx[{idx}]) at {t.device}"
                     )
-                if t.dtype != input.dtype:
+                if t.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
                     raise RuntimeError(f"hx[{idx}] dtype ({t.dtype}) does not match input dtype ({input.dtype})")
         weights = [self.weight_ih, self.weight_hh]
         if self.bias:

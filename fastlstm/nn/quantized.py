@@ -152,7 +152,7 @@ class QuantizedLSTM(_RuntimeBacked):
         data = input.data if packed else input
         if not isinstance(data, Tensor):
             raise TypeError(f"QuantizedLSTM: input must be a Tensor or PackedSequence, got {type(input).__name__}")
-        _check_no_grad("QuantizedLSTM", data, *(hx or ()))
+        _check_no_grad("QuantizedLSTM", data, *(hx if isinstance(hx, (tuple, list)) else ()))
         if data.device.type != "cpu":
             raise RuntimeError(f"QuantizedLSTM runs on CPU only, got input on {data.device}")
         if not data.is_floating_point():
@@ -160,6 +160,12 @@ class QuantizedLSTM(_RuntimeBacked):
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
                 raise RuntimeError("lstm expects two hidden states: hx must be a tuple (h_0, c_0)")
+            for name, t in zip(("h_0", "c_0"), hx):
+                if t.device != data.device:
+                    raise RuntimeError(
+                        f"Input and hidden tensors are not at the same device, found input tensor at "
+                        f"{data.device} and hidden tensor ({name}) at {t.device}"
+                    )
             state = (_np(hx[0]), _np(hx[1]))
         else:
             state = None

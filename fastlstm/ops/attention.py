@@ -57,7 +57,8 @@ def sparse_attention_op(
 
     >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 64, 64, 0, 0.125, None)
     """
-    # The kernels read raw pointers: shapes, dtypes and devices must agree.
+    # The raw op checks too: the kernel sees only element counts, so a float64
+    # k or a float mask with the right count would otherwise be misread.
     _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -76,6 +77,7 @@ def sparse_attention_op(
 
 @sparse_attention_op.register_fake
 def _(q, k, v, left, right, global_tokens, scale, key_padding_mask):
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq)
 
@@ -119,7 +121,8 @@ def sparse_attention_backward_op(
 
 @sparse_attention_backward_op.register_fake
 def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask):
-    # The kernels write contiguous gradients whatever the inputs' strides.
+    # Contiguous like the real kernel's outputs (empty_like would copy a permuted
+    # q's strides, and compiled graphs would then view the real result wrongly).
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

@@ -44,6 +44,8 @@ def _check_lengths(lengths: Tensor | None) -> Tensor | None:
         return None
     if lengths.device.type != "cpu" or lengths.dtype != torch.int64:
         raise TypeError(f"lengths must be an int64 CPU tensor, got {lengths.dtype} on {lengths.device}")
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be 1-D (batch,), got shape {tuple(lengths.shape)}")
     return lengths.contiguous()
 
 
@@ -168,6 +170,40 @@ def _projection_backward(ctx, dgx):
 lstm_input_projection.register_autograd(_projection_backward, setup_context=_projection_setup_context)
 
 
+def _check_recurrence_args(gx, w_hh, w_hr, h0, c0, lengths) -> None:
+    """Shapes, dtypes and devices of lstm_recurrence's tensors, checked before
+    anything reaches the kernel (whose size checks cannot see dtype or device:
+    a float64 buffer with the right element count would otherwise be read as float32)."""
+    if gx.dim() != 4 or gx.shape[-1] % 4 != 0 or gx.shape[-1] == 0:
+        raise ValueError(f"gx must be (T, B, D, 4*hidden) with hidden >= 1, got shape {tuple(gx.shape)}")
+    T, B, D, G = gx.shape
+    H = G // 4
+    if w_hh.dim() != 3 or w_hh.shape[0] != D or w_hh.shape[1] != G:
+        raise ValueError(f"w_hh must be (D={D}, 4*hidden={G}, proj), got shape {tuple(w_hh.shape)}")
+    P = w_hh.shape[2]
+    expected = {"h0": (D, B, P), "c0": (D, B, H)}
+    if w_hr is not None:
+        expected["w_hr"] = (D, P, H)
+    elif P != H:
+        raise ValueError(f"w_hh's last dim ({P}) must equal hidden ({H}) when w_hr is None")
+    named = {"w_hh": w_hh, "w_hr": w_hr, "h0": h0, "c0": c0}
+    for name, shape in expected.items():
+        if tuple(named[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(named[name].shape)}")
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.dtype != gx.dtype:
+            raise TypeError(f"{name} dtype ({t.dtype}) does not match gx dtype ({gx.dtype})")
+        if t.device != gx.device:
+            raise RuntimeError(f"{name} is on {t.device} but gx is on {gx.device}")
+    if lengths is not None:
+        _check_lengths(lengths)
+        if lengths.shape[0] != B:
+            raise ValueError(f"lengths must have batch={B} elements, got {lengths.shape[0]}")
+
+
+
 def _recurrence_impl(
     gx: Tensor,
     w_hh: Tensor,
@@ -187,6 +223,7 @@ def _recurrence_impl(
 
     >>> y, h_n, c_n, _, _ = lstm_recurrence(gx, w_hh, None, h0, c0, None, False)
     """
+    _check_recurrence_args(gx, w_hh, w_hr, h0, c0, lengths)
     T, B, D, H, P = _dims(gx, w_hh)
     gx, w_hh, h0, c0 = gx.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     w_hr = w_hr.contiguous() if w_hr is not None else None
@@ -215,6 +252,7 @@ lstm_recurrence = torch.library.custom_op(
 
 @lstm_recurrence.register_fake
 def _(gx, w_hh, w_hr, h0, c0, lengths, save_for_backward):
+    _check_recurrence_args(gx, w_hh, w_hr, h0, c0, lengths)
     T, B, D, H, P = _dims(gx, w_hh)
     y = gx.new_empty(T, B, D, P)
     hn = gx.new_empty(D, B, P)
@@ -271,10 +309,11 @@ def _(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths):
 def _previous_hidden(y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tensor:
     """The hidden state each step consumed: (T, B, D, P), in processing order per direction."""
     T = y.shape[0]
-    fwd = torch.cat([h0[0].unsqueeze(0), y[:-1, :, 0]], dim=0)
+    # [:T] keeps T = 0 empty (y[:-1] is then empty too, not one row shorter).
+    fwd = torch.cat([h0[0].unsqueeze(0), y[:-1, :, 0]], dim=0)[:T]
     if y.shape[2] == 1:
         return fwd.unsqueeze(2)
-    rev = torch.cat([y[1:, :, 1], h0[1].unsqueeze(0)], dim=0)
+    rev = torch.cat([y[1:, :, 1], h0[1].unsqueeze(0)], dim=0)[:T]
     steps = torch.arange(T, device=y.device).unsqueeze(1)
     limit = lengths.to(y.device).unsqueeze(0) if lengths is not None else torch.full_like(steps, T)
     first = (steps + 1 >= limit).unsqueeze(-1)  # the reverse direction starts from h0 here
@@ -306,7 +345,7 @@ def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
     T, B, D, G = dgates.shape
     H = G // 4
     hprev = _previous_hidden(y, h0, lengths)
-    dw_hh = torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B), hprev.permute(2, 0, 1, 3).reshape(D, T * B, -1))
+    dw_hh = torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B), hprev.permute(2, 0, 1, 3).reshape(D, T * B, w_hh.shape[-1]))
     dw_hr = None
     if w_hr is not None:
         hpre = gates[..., 3 * H :] * torch.tanh(cells)
@@ -420,6 +459,29 @@ def _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
     return built
 
 
+def _check_lstm_args(x, hx, weights, n_weights: int, lengths) -> None:
+    # Clear errors naming the argument, before any GEMM or kernel sees them.
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a 3-D (T, B, input_size) tensor, got {getattr(x, 'shape', type(x))}")
+    if len(weights) != n_weights:
+        raise ValueError(f"weights must hold {n_weights} tensors for this configuration, got {len(weights)}")
+    for w in weights:
+        if w.dtype != x.dtype:
+            raise ValueError(f"x dtype ({x.dtype}) does not match weight dtype ({w.dtype})")
+        if w.device != x.device:
+            raise RuntimeError(f"x is on {x.device} but a weight is on {w.device}")
+    if hx is not None:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h0, c0) or None")
+        for name, t in zip(("h0", "c0"), hx):
+            if t.dim() != 3 or t.shape[1] != x.shape[1]:
+                raise ValueError(f"hx: {name} must be (layers*directions, B={x.shape[1]}, ·), got {tuple(t.shape)}")
+    if lengths is not None:
+        _check_lengths(lengths)
+        if lengths.shape[0] != x.shape[1]:
+            raise ValueError(f"lengths must have B={x.shape[1]} elements, got {lengths.shape[0]}")
+
+
 def lstm(
     x: Tensor,
     hx: tuple[Tensor, Tensor] | None,
@@ -448,10 +510,15 @@ def lstm(
     >>> m = torch.nn.LSTM(8, 16, num_layers=2)
     >>> out, h_n, c_n = lstm(torch.randn(5, 3, 8), None, list(m._flat_weights), num_layers=2)
     """
-    backend = _backends.resolve(backend, x.device, x.dtype, proj=proj_size > 0)
-    recurrence = _recurrence(backend)
+    if torch.is_autocast_enabled(x.device.type) and weights:
+        return _lstm_autocast(x, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
+                              has_bias=has_bias, proj_size=proj_size, dropout=dropout, training=training,
+                              lengths=lengths, backend=backend, record=record)
     D = 2 if bidirectional else 1
     per_dir = 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
+    _check_lstm_args(x, hx, weights, num_layers * D * per_dir, lengths)
+    backend = _backends.resolve(backend, x.device, x.dtype, proj=proj_size > 0)
+    recurrence = _recurrence(backend)
     T, B = x.shape[0], x.shape[1]
     H = weights[1].shape[0] // 4
     P = proj_size if proj_size > 0 else H
@@ -501,3 +568,16 @@ def lstm(
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
     return layer_input, torch.cat(h_n), torch.cat(c_n)
+
+
+def _lstm_autocast(x, hx, weights, **kwargs):
+    """Autocast policy (docs/reliability.md): the LSTM computes in its weights'
+    dtype (fp32 kernels, not a bf16 reference loop) with autocast off, and its
+    outputs come back in the autocast dtype, the dtype torch.nn.LSTM returns there."""
+    device = x.device.type
+    low = torch.get_autocast_dtype(device)
+    dtype = weights[0].dtype
+    with torch.autocast(device, enabled=False):
+        hx = None if hx is None else tuple(t.to(dtype) for t in hx)
+        out, h_n, c_n = lstm(x.to(dtype), hx, weights, **kwargs)
+    return out.to(low), h_n.to(low), c_n.to(low)

@@ -93,6 +93,9 @@ def sparse_attention(
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if k.shape[-2] == 0:  # no keys: every row has no allowed key (amax needs a non-empty dim)
+        out = q.new_zeros(*q.shape[:-1], v.shape[-1]) + 0 * (q.sum() + k.sum() + v.sum())
+        return out, q.new_full(q.shape[:-1], float("-inf"))
     allowed = attention_mask(q.shape[-2], k.shape[-2], window, global_tokens, key_padding_mask, q.device)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     s = torch.where(allowed, scores, float("-inf"))
