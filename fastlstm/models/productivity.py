@@ -1,0 +1,352 @@
+"""The productivity design document's activity model on fastlstm modules.
+
+Architecture (``seeds/000_…``): Linear embedding, two bidirectional LSTM
+layers (128 then 64 units) with dropout 0.2 between them, 4-head
+self-attention (dropout 0.1, optionally a sliding window), and three heads:
+per-step pattern logits, a forecast of the next step's features, per-step
+anomaly logits. ``forward`` returns ``(pattern_output, forecast_output,
+anomaly_output, attn_weights)`` like the document's code.
+
+>>> model = ProductivityLSTM(input_dim=35, embedding_dim=64, hidden_dim=(128, 64), output_dim=5)
+>>> pattern, forecast, anomaly, attn = model(torch.randn(2, 288, 35))
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+import fastlstm
+from fastlstm.models import reference as _reference
+from fastlstm.models.activity import PATTERNS, ActivityEncoder, read_log
+from fastlstm.nn import LSTM
+from fastlstm.ops.lstm import lstm as lstm_op
+
+# --------------------------------------------------------------------------
+# Attention seam: fastlstm.SparseAttention when the package has it, else
+# torch.nn.MultiheadAttention with the same (window, global token) pattern as
+# a boolean mask. Both are batch-first and share nn.MultiheadAttention's
+# parameter names, so state dicts move between them.
+# --------------------------------------------------------------------------
+
+
+def _allowed(q_len: int, k_len: int, window, global_tokens: int, q_offset: int = 0, device=None) -> Tensor:
+    """(Tq, Tk) bool, True where query ``q_offset + i`` may attend key ``j``
+    (the pattern of ``fastlstm.reference.attention_mask``)."""
+    i = torch.arange(q_offset, q_offset + q_len, device=device).unsqueeze(1)
+    j = torch.arange(k_len, device=device).unsqueeze(0)
+    if window is None:
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    else:
+        left, right = window
+        allowed = (j >= i - left) & (j <= i + right)
+    if global_tokens > 0:
+        allowed = allowed | (j < global_tokens) | (i < global_tokens)
+    return allowed
+
+
+def _normalize_window(window):
+    if window is None:
+        return None
+    if isinstance(window, int) and not isinstance(window, bool):
+        window = (window, window)
+    try:
+        left, right = (int(w) for w in window)
+    except (TypeError, ValueError):
+        raise TypeError(f"attention_window must be None, an int or a pair (left, right), got {window!r}") from None
+    if left < 0 or right < 0:
+        raise ValueError(f"attention_window must be >= 0, got {window!r}")
+    return left, right
+
+
+class _MaskedAttention(nn.MultiheadAttention):
+    """nn.MultiheadAttention running the sparse pattern as a dense mask (the
+    fallback while ``fastlstm.SparseAttention`` is not available)."""
+
+    def __init__(self, embed_dim, num_heads, dropout, window, global_tokens):
+        super().__init__(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.window, self.global_tokens = window, global_tokens
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True):
+        if self.window is None and self.global_tokens == 0:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights)
+        B, T = query.shape[0], query.shape[1]
+        blocked = ~_allowed(T, key.shape[1], self.window, self.global_tokens, device=query.device)
+        mask = blocked.expand(B, T, -1)
+        if key_padding_mask is not None:
+            mask = mask | key_padding_mask[:, None, :]
+            # Padded queries may have no key left; let them see themselves (their output is padding).
+            pad_q = key_padding_mask[:, :, None] & torch.eye(T, dtype=torch.bool, device=query.device)
+            mask = mask & ~pad_q
+        mask = mask.repeat_interleave(self.num_heads, dim=0)
+        return super().forward(query, key, value, attn_mask=mask, need_weights=need_weights)
+
+
+def _make_attention(embed_dim: int, num_heads: int, dropout: float, window, global_tokens: int) -> nn.Module:
+    sparse = getattr(fastlstm, "SparseAttention", None)
+    if sparse is not None:
+        return sparse(embed_dim, num_heads, dropout=dropout, batch_first=True, window=window,
+                      global_tokens=global_tokens)
+    return _MaskedAttention(embed_dim, num_heads, dropout, window, global_tokens)
+
+
+# --------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class AnomalySpan:
+    start: int          # first step (inclusive)
+    end: int            # last step (inclusive)
+    peak: float         # highest anomaly probability in the span
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass
+class ProductivityPrediction:
+    """What :meth:`ProductivityLSTM.predict` returns for one log of T events."""
+
+    timestamps: list            # T datetimes (empty when features were given)
+    patterns: list[str]         # T pattern labels
+    pattern_ids: np.ndarray     # (T,) int
+    pattern_probs: np.ndarray   # (T, output_dim)
+    forecast: float | None      # next period's productivity, in the encoder's score units
+    forecast_features: np.ndarray  # (input_dim,) the forecaster's raw output
+    anomaly_scores: np.ndarray  # (T,) probabilities
+    anomalies: list[AnomalySpan]
+    attention: np.ndarray | None  # (T, T) head-averaged weights (row: query step)
+
+
+class ProductivityLSTM(nn.Module):
+    """The document's activity model on fastlstm kernels.
+
+    Accepts the document's constructor ``(input_dim, embedding_dim, hidden_dim,
+    num_layers, output_dim)`` (uniform width, e.g. ``hidden_dim=128,
+    num_layers=2``) or per-layer widths ``hidden_dim=(128, 64)`` as the text
+    describes. ``attention_window`` (int or ``(left, right)``) and
+    ``global_tokens`` make attention sparse; ``None`` is dense.
+
+    x: (B, T, input_dim) or a PackedSequence (``lengths=`` for padded input).
+    Returns pattern (B, T, output_dim), forecast (B, input_dim), anomaly
+    logits (B, T, 1), attention weights (B, T, T) or None.
+
+    >>> model = ProductivityLSTM(35, 64, (128, 64), output_dim=5, attention_window=32)
+    >>> pattern, forecast, anomaly, attn = model(torch.randn(1, 288, 35))
+    """
+
+    def __init__(self, input_dim: int, embedding_dim: int = 64, hidden_dim=(128, 64), num_layers: int | None = None,
+                 output_dim: int = len(PATTERNS), *, dropout: float = 0.2, num_heads: int = 4,
+                 attention_dropout: float = 0.1, attention_window=None, global_tokens: int = 0,
+                 backend: str | None = None):
+        super().__init__()
+        if isinstance(hidden_dim, int):
+            hidden = [hidden_dim] * (2 if num_layers is None else num_layers)
+        else:
+            hidden = [int(h) for h in hidden_dim]
+            if num_layers is not None and num_layers != len(hidden):
+                raise ValueError(f"num_layers={num_layers} does not match hidden_dim={tuple(hidden)}")
+        if not hidden or any(h <= 0 for h in hidden):
+            raise ValueError(f"hidden_dim must give at least one positive width, got {hidden_dim!r}")
+        for name, v in (("input_dim", input_dim), ("embedding_dim", embedding_dim), ("output_dim", output_dim)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if 2 * hidden[-1] % num_heads:
+            raise ValueError(f"attention width 2*{hidden[-1]} is not divisible by num_heads={num_heads}")
+        self.input_dim, self.output_dim, self.hidden_sizes = input_dim, output_dim, hidden
+        self.attention_window = _normalize_window(attention_window)
+        self.global_tokens = int(global_tokens)
+        self.config = dict(input_dim=input_dim, embedding_dim=embedding_dim, hidden_dim=tuple(hidden),
+                           output_dim=output_dim, dropout=dropout, num_heads=num_heads,
+                           attention_dropout=attention_dropout, attention_window=self.attention_window,
+                           global_tokens=self.global_tokens)
+        self.embedding = nn.Linear(input_dim, embedding_dim)
+        sizes = [embedding_dim] + [2 * h for h in hidden]
+        self.lstm = nn.ModuleList(
+            LSTM(sizes[i], h, batch_first=True, bidirectional=True, backend=backend) for i, h in enumerate(hidden)
+        )
+        self.lstm_dropout = nn.Dropout(dropout)
+        width = 2 * hidden[-1]
+        self.attention = _make_attention(width, num_heads, attention_dropout, self.attention_window, self.global_tokens)
+        self.pattern_classifier = nn.Linear(width, output_dim)
+        self.forecaster = nn.Linear(width, input_dim)
+        self.anomaly_detector = nn.Linear(width, 1)
+        self.encoder: ActivityEncoder | None = None  # set by training / from_pretrained for predict()
+
+    # -- reference interop -------------------------------------------------------
+
+    @classmethod
+    def from_reference(cls, model: _reference.ProductivityLSTM, **kwargs) -> "ProductivityLSTM":
+        """This model with the reference model's configuration and weights
+        (``kwargs``: e.g. ``attention_window``, ``backend``).
+
+        >>> fast = ProductivityLSTM.from_reference(fastlstm.models.reference.ProductivityLSTM(35, 64, 128, 2, 5))
+        """
+        if not isinstance(model, _reference.ProductivityLSTM):
+            raise TypeError(f"from_reference expects fastlstm.models.reference.ProductivityLSTM, got {type(model).__name__}")
+        c = model.config
+        lstm = model.lstm
+        w = model.embedding.weight
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fast = cls(c["input_dim"], c["embedding_dim"], c["hidden_dim"], c["num_layers"], c["output_dim"],
+                       dropout=lstm.dropout, num_heads=model.attention.num_heads,
+                       attention_dropout=model.attention.dropout, **kwargs).to(device=w.device, dtype=w.dtype)
+        state = {}
+        for key, value in model.state_dict().items():
+            if key.startswith("lstm."):
+                name = key[len("lstm."):]  # e.g. weight_ih_l1_reverse
+                stem, rest = name.split("_l", 1)
+                layer, _, suffix = rest.partition("_")
+                key = f"lstm.{layer}.{stem}_l0" + (f"_{suffix}" if suffix else "")
+            state[key] = value
+        fast.load_state_dict(state, strict=True)
+        fast.train(model.training)
+        return fast
+
+    # -- forward -------------------------------------------------------------------
+
+    def _initial_state(self, hidden, layer: int):
+        if hidden is None:
+            return None
+        if isinstance(hidden, (list,)) and len(hidden) == len(self.lstm):
+            return hidden[layer]
+        h0, c0 = hidden
+        if len(set(self.hidden_sizes)) != 1:
+            raise ValueError("with per-layer widths pass hidden as a list of (h0, c0) per layer")
+        return h0[2 * layer:2 * layer + 2].contiguous(), c0[2 * layer:2 * layer + 2].contiguous()
+
+    def lstm_features(self, x: Tensor, hidden=None, lengths: Tensor | None = None) -> Tensor:
+        """Embedding and the Bi-LSTM stack: (B, T, input_dim) -> (B, T, 2*hidden[-1])."""
+        h = self.embedding(x).transpose(0, 1)  # the ops are time-major
+        if lengths is not None:
+            lengths = lengths.to("cpu", torch.int64)
+        for layer, lstm in enumerate(self.lstm):
+            if layer > 0:
+                h = self.lstm_dropout(h)
+            h, _, _ = lstm_op(h, self._initial_state(hidden, layer), lstm._flat_weights, num_layers=1,
+                              bidirectional=True, lengths=lengths, backend=lstm.backend)
+        return h.transpose(0, 1)
+
+    def forward(self, x, hidden=None, *, lengths: Tensor | None = None, need_weights: bool = True):
+        if isinstance(x, PackedSequence):
+            x, lengths = pad_packed_sequence(x, batch_first=True)
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            raise ValueError(f"ProductivityLSTM: x must be (B, T, input_dim) or a PackedSequence, got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"ProductivityLSTM: x.size(-1) must be input_dim={self.input_dim}, got {x.shape[-1]}")
+        if x.shape[1] == 0:
+            raise ValueError("ProductivityLSTM: empty sequence (T = 0)")
+        lstm_out = self.lstm_features(x, hidden, lengths)
+        mask = _reference._padding_mask(lengths, x.shape[1], x.device)
+        attn_output, attn_weights = self.attention(lstm_out, lstm_out, lstm_out, key_padding_mask=mask,
+                                                   need_weights=need_weights)
+        pattern_output = self.pattern_classifier(attn_output)
+        forecast_output = self.forecaster(_reference._last_valid(attn_output, lengths))
+        anomaly_output = self.anomaly_detector(attn_output)
+        return pattern_output, forecast_output, anomaly_output, attn_weights
+
+    # -- fine-tuning helpers -------------------------------------------------------
+
+    PARTS = ("embedding", "lstm", "attention", "heads")
+
+    def _part_modules(self, part: str) -> list[nn.Module]:
+        if part == "heads":
+            return [self.pattern_classifier, self.forecaster, self.anomaly_detector]
+        if part in ("embedding", "lstm", "attention"):
+            return [getattr(self, part)]
+        raise ValueError(f"unknown part {part!r}; expected one of {self.PARTS}")
+
+    def freeze(self, *parts: str) -> "ProductivityLSTM":
+        """Stop gradients for the named parts (default: embedding and lstm, for
+        fine-tuning the attention and heads on one user's data)."""
+        for part in parts or ("embedding", "lstm"):
+            for module in self._part_modules(part):
+                module.requires_grad_(False)
+        return self
+
+    def unfreeze(self, *parts: str) -> "ProductivityLSTM":
+        for part in parts or self.PARTS:
+            for module in self._part_modules(part):
+                module.requires_grad_(True)
+        return self
+
+    # -- readable inference ------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, log, encoder: ActivityEncoder | None = None, *, threshold: float = 0.5,
+                need_weights: bool = True) -> ProductivityPrediction:
+        """Run on one log (CSV path, stream, records, or (T, input_dim) features).
+
+        Returns per-step pattern labels, the next period's productivity
+        forecast, anomaly probabilities with the spans at or above
+        ``threshold``, and the attention weights for heatmaps.
+
+        >>> pred = model.predict(log.events, encoder)
+        >>> pred.patterns[:3], pred.forecast, pred.anomalies
+        """
+        encoder = encoder or self.encoder
+        timestamps = []
+        if isinstance(log, Tensor):
+            features = log
+        else:
+            if encoder is None:
+                raise ValueError("predict needs an ActivityEncoder (pass encoder= or set model.encoder)")
+            events = read_log(log, encoder.score_range)
+            if not events:
+                raise ValueError("predict: the log has no events")
+            timestamps = [e.timestamp for e in events]
+            features = encoder.encode_events(events)
+        if features.dim() != 2:
+            raise ValueError(f"predict: features must be (T, input_dim), got {tuple(features.shape)}")
+        was_training = self.training
+        self.eval()
+        try:
+            p = self.embedding.weight
+            pattern, forecast, anomaly, attn = self(features.to(p.device, p.dtype).unsqueeze(0), need_weights=need_weights)
+        finally:
+            self.train(was_training)
+        return _prediction(pattern[0], forecast[0], anomaly[0, :, 0], None if attn is None else attn[0],
+                           timestamps, encoder, threshold)
+
+
+def _spans(scores: np.ndarray, threshold: float, timestamps) -> list[AnomalySpan]:
+    spans, start = [], None
+    for t, flagged in enumerate(list(scores >= threshold) + [False]):
+        if flagged and start is None:
+            start = t
+        elif not flagged and start is not None:
+            span = AnomalySpan(start, t - 1, float(scores[start:t].max()))
+            if timestamps:
+                span.start_time, span.end_time = timestamps[start], timestamps[t - 1]
+            spans.append(span)
+            start = None
+    return spans
+
+
+def _prediction(pattern, forecast, anomaly, attn, timestamps, encoder, threshold) -> ProductivityPrediction:
+    probs = torch.softmax(pattern.float(), dim=-1).cpu().numpy()
+    ids = probs.argmax(-1)
+    names = [PATTERNS[i] if i < len(PATTERNS) else f"pattern{i}" for i in ids]
+    scores = torch.sigmoid(anomaly.float()).cpu().numpy()
+    fvec = forecast.float().cpu().numpy()
+    value = None
+    if encoder is not None and fvec.shape[0] == encoder.input_dim:
+        value = encoder.score_from_feature(float(np.clip(fvec[encoder.score_index], 0.0, 1.0)))
+    return ProductivityPrediction(
+        timestamps=list(timestamps), patterns=names, pattern_ids=ids, pattern_probs=probs, forecast=value,
+        forecast_features=fvec, anomaly_scores=scores, anomalies=_spans(scores, threshold, timestamps),
+        attention=None if attn is None else attn.float().cpu().numpy(),
+    )
+
+
+__all__ = ["AnomalySpan", "ProductivityLSTM", "ProductivityPrediction"]
