@@ -232,8 +232,12 @@ class ProductivityLSTM(nn.Module):
         for layer, lstm in enumerate(self.lstm):
             if layer > 0:
                 h = self.lstm_dropout(h)
-            h, _, _ = lstm_op(h, self._initial_state(hidden, layer), lstm._flat_weights, num_layers=1,
-                              bidirectional=True, lengths=lengths, backend=lstm.backend)
+            state = self._initial_state(hidden, layer)
+            if type(lstm) is LSTM:  # the op directly: no per-layer batch-first transposes or repacking
+                h, _, _ = lstm_op(h, state, lstm._flat_weights, num_layers=1, bidirectional=True,
+                                  lengths=lengths, backend=lstm.backend)
+            else:  # a swapped-in module (e.g. int8 from fastlstm.quantize_dynamic) through its own forward
+                h = _module_forward(lstm, h, state, lengths)
         return h.transpose(0, 1)
 
     def forward(self, x, hidden=None, *, lengths: Tensor | None = None, need_weights: bool = True):
@@ -317,6 +321,18 @@ class ProductivityLSTM(nn.Module):
             self.train(was_training)
         return _prediction(pattern[0], forecast[0], anomaly[0, :, 0], None if attn is None else attn[0],
                            timestamps, encoder, threshold)
+
+
+def _module_forward(lstm: nn.Module, h: Tensor, state, lengths: Tensor | None) -> Tensor:
+    """Time-major (T, B, I) through an LSTM-like module built batch-first."""
+    x = h.transpose(0, 1)
+    if lengths is None:
+        out, _ = lstm(x, state)
+        return out.transpose(0, 1)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed, state)
+    out, _ = pad_packed_sequence(out, batch_first=False, total_length=h.shape[0])
+    return out
 
 
 def _spans(scores: np.ndarray, threshold: float, timestamps) -> list[AnomalySpan]:

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from fastlstm.models.activity import ActivityEncoder, ActivityEvent, read_log
 from fastlstm.models.productivity import ProductivityLSTM, ProductivityPrediction, _allowed, _prediction
+from fastlstm.nn import LSTM
 from fastlstm.ops.lstm import lstm as lstm_op
 
 
@@ -96,6 +97,8 @@ class StreamingProductivity:
             raise TypeError(f"StreamingProductivity needs a fastlstm.models.ProductivityLSTM, got {type(model).__name__}")
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
+        if any(type(lstm) is not LSTM for lstm in model.lstm):
+            raise TypeError("StreamingProductivity needs the model's fastlstm.LSTM layers (not swapped modules)")
         self.model = model.eval()
         self.encoder = encoder or model.encoder
         if self.encoder is None:

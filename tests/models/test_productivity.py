@@ -83,6 +83,19 @@ def test_reference_parity_gradients():
     assert_parity(grads[1]["attention.in_proj_weight"], grads[0]["attention.in_proj_weight"], F32, name="d in_proj")
 
 
+def test_swapped_lstm_modules_run_through_their_forward():
+    # quantize_dynamic-style swaps replace model.lstm[i]; the model must call the module, not the op
+    ref, fast = _pair(hidden=8)
+    for i, lstm in enumerate(fast.lstm):
+        fast.lstm[i] = lstm.to_torch()
+    x = torch.randn(2, 9, 11)
+    packed = pack_sequence([torch.randn(n, 11) for n in (5, 8)], enforce_sorted=False)
+    with torch.no_grad():
+        for inp in (x, packed):
+            for name, a, b in zip(NAMES, fast(inp), ref(inp)):
+                assert_parity(a, b, F32, name=name)
+
+
 def test_from_reference_rejects_other_modules():
     with pytest.raises(TypeError, match="reference.ProductivityLSTM"):
         ProductivityLSTM.from_reference(torch.nn.LSTM(3, 4))
