@@ -23,11 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-import fastlstm
 from fastlstm.models import reference as _reference
 from fastlstm.models.activity import PATTERNS, ActivityEncoder, read_log
 from fastlstm.nn import LSTM
 from fastlstm.ops.lstm import lstm as lstm_op
+
+try:  # the fused sparse attention module, where this build has it
+    from fastlstm.nn.attention import SparseAttention as _SparseAttention
+except ImportError:
+    _SparseAttention = None
 
 # --------------------------------------------------------------------------
 # Attention seam: fastlstm.SparseAttention when the package has it, else
@@ -66,9 +70,32 @@ def _normalize_window(window):
     return left, right
 
 
+def _masked_attention(attn: nn.Module, x: Tensor, key_padding_mask: Tensor | None, need_weights: bool):
+    """Batch-first self-attention with ``attn``'s parameters and pattern as a
+    dense mask, through torch's own function (so attention dropout in training
+    is torch's). Weights: (B, T, T) head-averaged, or None."""
+    B, T = x.shape[0], x.shape[1]
+    mask = None
+    if attn.window is not None or attn.global_tokens:
+        mask = (~_allowed(T, T, attn.window, attn.global_tokens, device=x.device)).expand(B, T, T)
+        if key_padding_mask is not None:
+            mask = mask | key_padding_mask[:, None, :]
+            # Padded queries may have no key left; let them see themselves (their output is padding).
+            mask = mask & ~(key_padding_mask[:, :, None] & torch.eye(T, dtype=torch.bool, device=x.device))
+            key_padding_mask = None
+        mask = mask.repeat_interleave(attn.num_heads, dim=0)
+    seq = x.transpose(0, 1)
+    out, weights = F.multi_head_attention_forward(
+        seq, seq, seq, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias,
+        None, None, False, attn.dropout, attn.out_proj.weight, attn.out_proj.bias, training=attn.training,
+        key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=mask,
+    )
+    return out.transpose(0, 1), weights
+
+
 class _MaskedAttention(nn.MultiheadAttention):
-    """nn.MultiheadAttention running the sparse pattern as a dense mask (the
-    fallback while ``fastlstm.SparseAttention`` is not available)."""
+    """The fallback while ``fastlstm.SparseAttention`` is not available:
+    nn.MultiheadAttention with the sparse pattern as a dense mask (dense cost)."""
 
     def __init__(self, embed_dim, num_heads, dropout, window, global_tokens):
         super().__init__(embed_dim, num_heads, dropout=dropout, batch_first=True)
@@ -77,24 +104,39 @@ class _MaskedAttention(nn.MultiheadAttention):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True):
         if self.window is None and self.global_tokens == 0:
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights)
-        B, T = query.shape[0], query.shape[1]
-        blocked = ~_allowed(T, key.shape[1], self.window, self.global_tokens, device=query.device)
-        mask = blocked.expand(B, T, -1)
-        if key_padding_mask is not None:
-            mask = mask | key_padding_mask[:, None, :]
-            # Padded queries may have no key left; let them see themselves (their output is padding).
-            pad_q = key_padding_mask[:, :, None] & torch.eye(T, dtype=torch.bool, device=query.device)
-            mask = mask & ~pad_q
-        mask = mask.repeat_interleave(self.num_heads, dim=0)
-        return super().forward(query, key, value, attn_mask=mask, need_weights=need_weights)
+        return _masked_attention(self, query, key_padding_mask, need_weights)
+
+
+if _SparseAttention is not None:
+
+    class _ProductivityAttention(_SparseAttention):
+        """fastlstm.SparseAttention, except in training with attention dropout
+        (which the fused kernel does not implement): then the same parameters
+        and pattern run through torch's attention with dropout."""
+
+        def forward(self, query, key, value, key_padding_mask=None, need_weights=True):
+            if self.training and self.dropout > 0:
+                return _masked_attention(self, query, key_padding_mask, need_weights)
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights)
 
 
 def _make_attention(embed_dim: int, num_heads: int, dropout: float, window, global_tokens: int) -> nn.Module:
-    sparse = getattr(fastlstm, "SparseAttention", None)
-    if sparse is not None:
-        return sparse(embed_dim, num_heads, dropout=dropout, batch_first=True, window=window,
-                      global_tokens=global_tokens)
+    if _SparseAttention is not None:
+        return _ProductivityAttention(embed_dim, num_heads, dropout=dropout, batch_first=True, window=window,
+                                      global_tokens=global_tokens)
     return _MaskedAttention(embed_dim, num_heads, dropout, window, global_tokens)
+
+
+def dense_attention_weights(weights: Tensor | None, window, T: int) -> Tensor | None:
+    """(…, T, T) weights from what the attention returned: dense as is, or
+    banded (…, T, left + right + 1) from a windowed ``fastlstm.SparseAttention``."""
+    if weights is None or weights.shape[-1] == T or window is None:
+        return weights
+    left, right = window
+    idx = torch.arange(T, device=weights.device).unsqueeze(1) + torch.arange(left + right + 1, device=weights.device)
+    out = weights.new_zeros(*weights.shape[:-1], T + left + right)
+    out.scatter_(-1, idx.expand(weights.shape), weights)
+    return out[..., left:left + T]
 
 
 # --------------------------------------------------------------------------
@@ -137,7 +179,9 @@ class ProductivityLSTM(nn.Module):
 
     x: (B, T, input_dim) or a PackedSequence (``lengths=`` for padded input).
     Returns pattern (B, T, output_dim), forecast (B, input_dim), anomaly
-    logits (B, T, 1), attention weights (B, T, T) or None.
+    logits (B, T, 1), head-averaged attention weights (B, T, T), or banded
+    (B, T, left + right + 1) when windowed on fastlstm.SparseAttention (see
+    :func:`dense_attention_weights`), or None with ``need_weights=False``.
 
     >>> model = ProductivityLSTM(35, 64, (128, 64), output_dim=5, attention_window=32)
     >>> pattern, forecast, anomaly, attn = model(torch.randn(1, 288, 35))
@@ -319,6 +363,7 @@ class ProductivityLSTM(nn.Module):
             pattern, forecast, anomaly, attn = self(features.to(p.device, p.dtype).unsqueeze(0), need_weights=need_weights)
         finally:
             self.train(was_training)
+        attn = dense_attention_weights(attn, self.attention_window, features.shape[0])
         return _prediction(pattern[0], forecast[0], anomaly[0, :, 0], None if attn is None else attn[0],
                            timestamps, encoder, threshold)
 

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_sequence
 
 from fastlstm.models import ActivityEncoder, ProductivityLSTM, StreamingProductivity, synthetic_activity_log
 from fastlstm.models import reference
+from fastlstm.models.productivity import dense_attention_weights
 from fastlstm.models.productivity_training import ActivityData, fine_tune, focal_loss, multitask_loss, train
 from fastlstm.testing import assert_parity
 
@@ -129,6 +130,7 @@ def test_sparse_attention_pattern(window):
     x = torch.randn(1, 12, 6)
     with torch.no_grad():
         _, _, _, attn = model(x)
+        attn = dense_attention_weights(attn, model.attention_window, 12)  # banded from SparseAttention
         i, j = torch.arange(12).unsqueeze(1), torch.arange(12).unsqueeze(0)
         outside = (j < i - left) | (j > i + right)
         assert attn[0][outside].abs().max() == 0
@@ -140,6 +142,15 @@ def test_sparse_attention_pattern(window):
         dense.load_state_dict(model.state_dict())
         for name, a, b in zip(NAMES, wide(x), dense(x)):
             assert_parity(a, b, F32, name=name)
+
+
+def test_sparse_model_trains_with_attention_dropout():
+    model = ProductivityLSTM(6, 8, (8, 8), output_dim=3, attention_window=2).train()
+    x = torch.randn(3, 10, 6)
+    loss, _ = multitask_loss(model(x), torch.randint(0, 3, (3, 10)), torch.randn(3, 6), torch.zeros(3, 10))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.attention.in_proj_weight.grad.abs().sum() > 0
 
 
 BAD_INPUT = {
