@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "fastlstm/cpu_capability.h"
+#include "int8_lstm.h"
 #include "lstm_recurrence.h"
 
 namespace fastlstm {
@@ -108,6 +109,21 @@ void lstm_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p) {
     case CpuCapability::Avx2: return lstm_recurrence_bwd_avx2(p, scratch.data());
 #endif
     default: return lstm_recurrence_bwd_scalar(p, scratch.data());
+  }
+}
+
+// int8: VNNI uses 8-bit activations with vpdpbusd; the avx2 and avx512 levels
+// use the AVX2 kernels (7-bit activations, vpmaddubsw).
+const Int8Kernels& int8_kernels() {
+  switch (active_cpu_capability()) {
+#if defined(FASTLSTM_HAVE_AVX512)
+    case CpuCapability::Avx512Vnni: return int8_kernels_avx512_vnni();
+#endif
+#if defined(FASTLSTM_HAVE_AVX2)
+    case CpuCapability::Avx512:
+    case CpuCapability::Avx2: return int8_kernels_avx2();
+#endif
+    default: return int8_kernels_scalar();
   }
 }
 

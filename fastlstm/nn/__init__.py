@@ -1,5 +1,6 @@
 """nn.Module drop-ins backed by fastlstm ops."""
 
 from fastlstm.nn.lstm import LSTM, LSTMCell
+from fastlstm.nn.quantized import QuantizedLinear, QuantizedLSTM
 
-__all__ = ["LSTM", "LSTMCell"]
+__all__ = ["LSTM", "LSTMCell", "QuantizedLSTM", "QuantizedLinear"]
