@@ -411,3 +411,56 @@ def _prediction(pattern, forecast, anomaly, attn, timestamps, encoder, threshold
 
 
 __all__ = ["AnomalySpan", "ProductivityLSTM", "ProductivityPrediction"]
+
+
+# --------------------------------------------------------------------------
+# Export to the torch-free runtime (fastlstm.export / fastlstm.runtime.load)
+# --------------------------------------------------------------------------
+
+
+def _linear_tensors(weight: np.ndarray, bias: np.ndarray | None, dtype: str) -> dict:
+    from fastlstm.runtime.quant import quantize_rows
+
+    tensors = {} if bias is None else {"bias": np.ascontiguousarray(bias, dtype=np.float32)}
+    if dtype == "int8":
+        tensors["weight"], tensors["weight_scale"] = quantize_rows(weight)
+    else:
+        tensors["weight"] = np.ascontiguousarray(weight, dtype=np.float32)
+    return tensors
+
+
+def _export_productivity(model: ProductivityLSTM, dtype: str) -> list:
+    """Runtime layers: embedding (linear), one ``lstm`` per Bi-LSTM layer, then
+    ``productivity_head`` (attention + heads; fastlstm/runtime/productivity.py)."""
+    from fastlstm import exporter
+
+    layers = list(exporter._layers(model.embedding, dtype))
+    for lstm in model.lstm:
+        layers += exporter._layers(lstm, dtype)
+    attn = model.attention
+    if attn.in_proj_weight is None or getattr(attn, "bias_k", None) is not None:
+        raise TypeError("export: the productivity head needs packed in_proj weights without bias_kv")
+    head_tensors = {}
+    numpy = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    head_tensors.update({f"in_proj.{k}": v for k, v in
+                         _linear_tensors(numpy(attn.in_proj_weight), numpy(attn.in_proj_bias), dtype).items()})
+    for sub, module in (("out_proj", attn.out_proj), ("pattern", model.pattern_classifier),
+                        ("forecast", model.forecaster), ("anomaly", model.anomaly_detector)):
+        (_, tensors), = exporter._layers(module, dtype)  # nn.Linear or an int8 QuantizedLinear
+        head_tensors.update({f"{sub}.{k}": v for k, v in tensors.items()})
+    window = None if model.attention_window is None else list(model.attention_window)
+    config = dict(type="productivity_head", embed_dim=attn.embed_dim, num_heads=attn.num_heads, window=window,
+                  global_tokens=model.global_tokens, output_dim=model.output_dim, forecast_dim=model.input_dim,
+                  dtype=dtype)
+    return layers + [(config, head_tensors)]
+
+
+def _register_export() -> None:
+    try:
+        from fastlstm import exporter
+    except ImportError:  # a build without the runtime
+        return
+    exporter.register_exporter(ProductivityLSTM)(_export_productivity)
+
+
+_register_export()

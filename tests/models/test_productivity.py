@@ -303,3 +303,70 @@ def test_demo_writes_pngs(tmp_path):
     for name in ("patterns_heatmap.png", "anomalies.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# -- desktop deployment: int8 and the torch-free runtime -----------------------------------------
+
+EXPORT_CASES = {"dense": dict(), "window4": dict(attention_window=4), "window3-global2": dict(attention_window=(3, 1), global_tokens=2)}
+
+
+@pytest.mark.parametrize("case", EXPORT_CASES, ids=list(EXPORT_CASES))
+def test_runtime_fp32_matches_torch(tmp_path, case):
+    import fastlstm
+    import fastlstm.runtime as rt
+
+    model = ProductivityLSTM(11, 12, (16, 8), output_dim=5, **EXPORT_CASES[case]).eval()
+    x = torch.randn(2, 150, 11)  # more queries than the runtime's block of 128
+    with torch.no_grad():
+        expected = list(model(x))
+    expected[3] = dense_attention_weights(expected[3], model.attention_window, 150)
+    path = tmp_path / "model.safetensors"
+    fastlstm.export(model, path)
+    loaded = rt.load(path)
+    for name, got, want in zip(NAMES, loaded(x.numpy()), expected):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0, err_msg=name)
+    for name, got, want in zip(NAMES, loaded(x[1].numpy()), expected):  # unbatched (T, F)
+        np.testing.assert_allclose(got, want[1].numpy(), atol=1e-5, rtol=0, err_msg=f"unbatched {name}")
+    loaded.layers[-1].need_weights = False
+    assert loaded(x[0].numpy())[3] is None
+
+
+def test_int8_quantize_and_runtime(tmp_path):
+    import fastlstm
+    import fastlstm.runtime as rt
+
+    ref, fast = _pair(hidden=32, input_dim=11, emb=16)
+    x = torch.randn(1, 200, 11)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = fast(x)
+        peer = torch.ao.quantization.quantize_dynamic(ref, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)(x)
+        qmodel = fastlstm.quantize_dynamic(fast, modules={torch.nn.LSTM, torch.nn.Linear})
+        assert type(qmodel.lstm[0]).__name__ == "QuantizedLSTM"
+        torch_int8 = qmodel(x)
+    path = tmp_path / "int8.safetensors"
+    fastlstm.export(qmodel, path)
+    runtime_int8 = rt.load(path)(x[0].numpy())
+    for i, name in enumerate(NAMES[:3]):
+        want = expected[i][0].numpy()
+        peer_err = float(np.abs(peer[i][0].numpy() - want).max())
+        torch_err = float(np.abs(torch_int8[i][0].numpy() - want).max())
+        rt_err = float(np.abs(runtime_int8[i] - want).max())
+        # the int8 bounds: within 2e-2 and no worse than torch.ao's dynamic int8 of the reference
+        # (2x: the runtime also quantises the attention projections torch.ao leaves in fp32)
+        assert torch_err <= 2e-2 and torch_err <= 2 * peer_err + 1e-4, (name, torch_err, peer_err)
+        assert rt_err <= 2e-2 and rt_err <= 2 * peer_err + 1e-4, (name, rt_err, peer_err)
+
+
+def test_runtime_does_not_import_torch(tmp_path, python_subprocess):
+    import fastlstm
+
+    model = ProductivityLSTM(11, 12, (16, 8), output_dim=5, attention_window=4).eval()
+    path = tmp_path / "m.safetensors"
+    fastlstm.export(model, path, dtype="int8")
+    code = ("import sys, numpy as np, fastlstm.runtime as rt\n"
+            f"out = rt.load({str(path)!r})(np.zeros((40, 11), np.float32))\n"
+            "assert out[0].shape == (40, 5) and out[1].shape == (11,) and out[3].shape == (40, 40)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = python_subprocess(code)
+    assert result.returncode == 0, result.stderr
