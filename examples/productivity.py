@@ -29,7 +29,8 @@ print(f"{len(log.events)} events -> features {tuple(data.features.shape)}; plant
 model = ProductivityLSTM(encoder.input_dim, embedding_dim=64, hidden_dim=(128, 64), output_dim=5,
                          attention_window=32)
 model.encoder = encoder
-history = train(model, data, epochs=9, batch_size=32, lr=3e-3, curriculum=(16, 32, 64), max_seconds=40)
+history = train(model, data, epochs=9, batch_size=32, lr=3e-3, curriculum=(16, 32, 64), max_seconds=40,
+                loss_weights=(1.0, 1.0, 10.0), focal_alpha=0.75)  # anomalies are rare: weight them up
 print("last epoch:", {k: round(v, 4) for k, v in history[-1].items()})
 
 # Fine-tune attention and heads on one more week of the same user (LSTM frozen).
@@ -38,7 +39,7 @@ fine_tune(model, ActivityData.from_synthetic(week, encoder), epochs=1, curriculu
 
 # 4. Readable predictions for one day.
 day = log.days()[3]
-pred = model.predict(day.events)
+pred = model.predict(day.events, threshold=0.35)
 print("first steps:", list(zip([t.strftime("%H:%M") for t in pred.timestamps[:4]], pred.patterns[:4])))
 print(f"forecast productivity: {pred.forecast:.2f}; flagged spans: "
       f"{[(s.start_time.strftime('%H:%M'), s.end_time.strftime('%H:%M')) for s in pred.anomalies]}")

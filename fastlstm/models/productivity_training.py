@@ -37,13 +37,15 @@ def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, alpha: float
 
 
 def multitask_loss(outputs, pattern: Tensor, next_features: Tensor, anomaly: Tensor,
-                   weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[Tensor, dict]:
+                   weights: tuple[float, float, float] = (1.0, 1.0, 1.0), focal_alpha: float = 0.25,
+                   focal_gamma: float = 2.0) -> tuple[Tensor, dict]:
     """The document's objective on ``model(x)`` outputs; targets: pattern (B, T)
-    int, next_features (B, input_dim), anomaly (B, T) 0/1. Returns (total, parts)."""
+    int, next_features (B, input_dim), anomaly (B, T) 0/1; ``weights`` of the
+    (pattern, forecast, anomaly) terms. Returns (total, parts)."""
     pattern_out, forecast_out, anomaly_out = outputs[0], outputs[1], outputs[2]
     ce = F.cross_entropy(pattern_out.reshape(-1, pattern_out.shape[-1]), pattern.reshape(-1))
     mse = F.mse_loss(forecast_out, next_features)
-    focal = focal_loss(anomaly_out[..., 0], anomaly)
+    focal = focal_loss(anomaly_out[..., 0], anomaly, gamma=focal_gamma, alpha=focal_alpha)
     total = weights[0] * ce + weights[1] * mse + weights[2] * focal
     return total, {"pattern_ce": ce.item(), "forecast_mse": mse.item(), "anomaly_focal": focal.item()}
 
@@ -89,11 +91,13 @@ def _progress(enabled: bool | None, total: int):
 
 def train(model, data: ActivityData, *, epochs: int = 6, batch_size: int = 64, lr: float = 1e-3,
           curriculum: tuple[int, ...] = (32, 64, 128), stride: int | None = None, seed: int = 0,
-          max_seconds: float | None = None, progress: bool | None = None) -> list[dict]:
+          max_seconds: float | None = None, progress: bool | None = None,
+          loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0), focal_alpha: float = 0.25) -> list[dict]:
     """Multi-task training with a sequence-length curriculum: the epochs are
     split evenly over ``curriculum`` lengths (short first). Only parameters
     with ``requires_grad`` train (see ``model.freeze``). ``max_seconds`` stops
-    early at a step boundary. Returns one record per epoch.
+    early at a step boundary. ``loss_weights``/``focal_alpha`` go to
+    :func:`multitask_loss`. Returns one record per epoch.
 
     >>> history = train(model, data, epochs=3, curriculum=(32, 64))
     """
@@ -120,7 +124,7 @@ def train(model, data: ActivityData, *, epochs: int = 6, batch_size: int = 64, l
             for i in range(0, len(order), batch_size):
                 b = order[i:i + batch_size]
                 loss, parts = multitask_loss(model(w["x"][b], need_weights=False), w["pattern"][b], w["next"][b],
-                                             w["anomaly"][b])
+                                             w["anomaly"][b], loss_weights, focal_alpha)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
