@@ -177,9 +177,10 @@ def peak_rss(files: dict, threads: int, T: int = 1440) -> dict:
             "reference torch fp32") else None
         if kind is None or ("ORT" in name and not name.endswith(f"T={T}")):
             continue
-        code = ("import resource, sys\nimport numpy as np\n"
+        code = ("import sys\nimport numpy as np\n"
                 + _RSS_CODE[kind].format(path=path, T=T, F=INPUT_DIM, E=EMBED, C=OUTPUT, threads=threads)
-                + "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+                # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent
+                + "\nprint([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)\n"
                 + "print('torch' in sys.modules)")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)

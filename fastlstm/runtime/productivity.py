@@ -95,18 +95,21 @@ class ProductivityHead:
         for i0 in range(0, T, _BLOCK):
             i1 = min(T, i0 + _BLOCK)
             if self.window is None or i0 < g:
-                keys = np.arange(T)
+                keys = slice(0, T)
             else:  # only the band (and the global keys) can be attended
-                keys = np.arange(max(0, i0 - self.window[0]), min(T, i1 + self.window[1]))
-                if g:
-                    keys = np.union1d(np.arange(min(g, T)), keys)
-            scores = q[:, i0:i1] @ k[:, keys].transpose(0, 2, 1)  # (H, b, nk)
+                lo, hi = max(0, i0 - self.window[0]), min(T, i1 + self.window[1])
+                keys = slice(lo, hi) if g == 0 else np.union1d(np.arange(min(g, T)), np.arange(lo, hi))
+            kb, vb = k[:, keys], v[:, keys]
+            scores = q[:, i0:i1] @ kb.transpose(0, 2, 1)  # (H, b, nk)
             if self.window is not None or g:
-                scores = np.where(_allowed(np.arange(i0, i1), keys, self.window, g), scores, -np.inf)
+                cols = np.arange(T)[keys] if isinstance(keys, slice) else keys
+                allowed = _allowed(np.arange(i0, i1), cols, self.window, g)
+                if not allowed.all():
+                    scores[:, ~allowed] = -np.inf
             scores -= scores.max(axis=-1, keepdims=True)
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
-            out[:, i0:i1] = scores @ v[:, keys]
+            out[:, i0:i1] = scores @ vb
             if weights is not None:
                 weights[i0:i1, keys] = scores.mean(axis=0)
         attn, _ = self.linears["out_proj"].run(out.transpose(1, 0, 2).reshape(T, E))
