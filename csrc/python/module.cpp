@@ -10,6 +10,7 @@ namespace fastlstm {
 namespace binding {
 void bind_lstm(py::module_& m);
 void bind_int8(py::module_& m);
+void bind_attention(py::module_& m);
 }  // namespace binding
 }  // namespace fastlstm
 
@@ -37,4 +38,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   binding::bind_lstm(m);
   binding::bind_int8(m);
+  binding::bind_attention(m);
 }
