@@ -122,8 +122,10 @@ if _SparseAttention is not None:
 
 def _make_attention(embed_dim: int, num_heads: int, dropout: float, window, global_tokens: int) -> nn.Module:
     if _SparseAttention is not None:
+        # banded weights cannot hold global tokens (they attend beyond the band): dense then
         return _ProductivityAttention(embed_dim, num_heads, dropout=dropout, batch_first=True, window=window,
-                                      global_tokens=global_tokens)
+                                      global_tokens=global_tokens,
+                                      attn_weights_format="dense" if global_tokens else "auto")
     return _MaskedAttention(embed_dim, num_heads, dropout, window, global_tokens)
 
 
