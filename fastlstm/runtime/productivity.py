@@ -86,9 +86,11 @@ class ProductivityHead:
         T, E, H = x.shape[0], self.E, self.heads
         d = E // H
         qkv, _ = self.linears["in_proj"].run(x)
-        q = np.ascontiguousarray(qkv[:, :E].reshape(T, H, d).transpose(1, 0, 2)) * np.float32(1.0 / np.sqrt(d))
+        q = np.ascontiguousarray(qkv[:, :E].reshape(T, H, d).transpose(1, 0, 2))
+        q *= np.float32(1.0 / np.sqrt(d))
         k = np.ascontiguousarray(qkv[:, E:2 * E].reshape(T, H, d).transpose(1, 0, 2))
         v = np.ascontiguousarray(qkv[:, 2 * E:].reshape(T, H, d).transpose(1, 0, 2))
+        del qkv  # peak memory matters on desktops: keep only the per-head copies
         out = np.empty((H, T, d), np.float32)
         weights = np.zeros((T, T), np.float32) if self.need_weights else None
         g = self.global_tokens
