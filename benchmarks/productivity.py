@@ -148,6 +148,7 @@ def inference(threads: int, repeats: int, tmp: str, lengths=(288, 1440)) -> tupl
                 fn()
             for _ in range(repeats):  # interleaved so load spikes hit every peer alike
                 for name, fn in peers.items():
+                    time.sleep(0.2)  # let the previous peer's spin-waiting threads (OpenMP, ORT) go idle
                     t = time.perf_counter()
                     fn()
                     times[name] = min(times[name], time.perf_counter() - t)
@@ -221,6 +222,7 @@ def training(threads: int, repeats: int, T: int = 288, batch: int = 64) -> dict:
         fn()
     for _ in range(repeats):
         for name, fn in steps.items():
+            time.sleep(0.2)
             t = time.perf_counter()
             fn()
             times[name] = min(times[name], time.perf_counter() - t)
