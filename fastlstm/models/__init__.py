@@ -1,7 +1,20 @@
-"""The consumer models of the design documents on fastlstm modules, with
-their plain-PyTorch originals in :mod:`fastlstm.models.reference`."""
+"""Consumer models built on fastlstm's modules (see the design documents),
+with the plain-PyTorch originals in :mod:`fastlstm.models.reference`."""
 
-from fastlstm.models.activity import (
+# memory chat (issue 8)
+from fastlstm.models.chat import (  # noqa: F401
+    ByteTokenizer,
+    LSTMDecoder,
+    LSTMEncoder,
+    MemoryIndex,
+    Seq2SeqLSTM,
+    SessionState,
+    SessionStore,
+    ShortTermMemory,
+)
+
+# productivity (issue 7)
+from fastlstm.models.activity import (  # noqa: F401
     PATTERNS,
     ActivityEncoder,
     ActivityEvent,
@@ -10,18 +23,5 @@ from fastlstm.models.activity import (
     read_log,
     synthetic_activity_log,
 )
-from fastlstm.models.productivity import ProductivityLSTM, ProductivityPrediction
-from fastlstm.models.streaming import StreamingProductivity
-
-__all__ = [
-    "PATTERNS",
-    "ActivityEncoder",
-    "ActivityEvent",
-    "ActivityLogError",
-    "ProductivityLSTM",
-    "ProductivityPrediction",
-    "StreamingProductivity",
-    "SyntheticLog",
-    "read_log",
-    "synthetic_activity_log",
-]
+from fastlstm.models.productivity import ProductivityLSTM, ProductivityPrediction  # noqa: F401
+from fastlstm.models.streaming import StreamingProductivity  # noqa: F401
