@@ -8,5 +8,6 @@ package never imports torch.
 
 from fastlstm.runtime.layers import LSTMStack, Linear, get_num_threads, register_layer, set_num_threads
 from fastlstm.runtime.model import Model, load, save
+from fastlstm.runtime import productivity as _productivity  # noqa: F401,E402  (registers "productivity_head")
 
 __all__ = ["LSTMStack", "Linear", "Model", "get_num_threads", "load", "register_layer", "save", "set_num_threads"]

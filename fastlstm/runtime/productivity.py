@@ -1,0 +1,144 @@
+"""Runtime layer of the productivity model's attention and heads (torch-free).
+
+``fastlstm.export(model, path)`` of a :class:`fastlstm.models.ProductivityLSTM`
+writes four runtime layers: the embedding (``linear``), the two Bi-LSTM
+layers (``lstm``) and this ``productivity_head``: 4-head self-attention
+(dense, or the sliding window + global tokens pattern) followed by the
+pattern, forecast and anomaly heads. The loaded model returns
+``(pattern (T, C), forecast (input_dim,), anomaly logits (T, 1), attention
+weights (T, T) or None)`` for an unbatched ``(T, input_dim)`` input, with a
+leading batch axis for ``(B, T, input_dim)``.
+
+>>> model = fastlstm.runtime.load("productivity_int8.safetensors")
+>>> pattern, forecast, anomaly, attn = model(features)      # numpy (T, input_dim)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastlstm.runtime.layers import Linear, register_layer
+
+_BLOCK = 128  # queries per block: bounds the score buffer to heads x 128 x keys
+
+
+def _allowed(rows: np.ndarray, cols: np.ndarray, window, global_tokens: int) -> np.ndarray:
+    i, j = rows[:, None], cols[None, :]
+    if window is None:
+        allowed = np.ones((rows.size, cols.size), dtype=bool)
+    else:
+        allowed = (j >= i - window[0]) & (j <= i + window[1])
+    if global_tokens:
+        allowed |= (j < global_tokens) | (i < global_tokens)
+    return allowed
+
+
+@register_layer
+class ProductivityHead:
+    """Self-attention + pattern / forecast / anomaly heads; ``dtype`` "float32" or "int8"
+    (int8: every projection is an int8 ``linear``; softmax and sums in fp32).
+
+    Tensors: ``in_proj.*`` (3E, E), ``out_proj.*`` (E, E), ``pattern.*`` (C, E),
+    ``forecast.*`` (F, E), ``anomaly.*`` (1, E), each as the ``linear`` layer stores them.
+    Set ``need_weights = False`` on the loaded layer to skip the (T, T) weights.
+    """
+
+    TYPE = "productivity_head"
+    KEYS = ("embed_dim", "num_heads", "window", "global_tokens", "output_dim", "forecast_dim", "dtype")
+
+    def __init__(self, config: dict, tensors: dict[str, np.ndarray]) -> None:
+        name = f"productivity_head layer {config.get('name', '?')!r}"
+        for key in ("embed_dim", "num_heads", "global_tokens", "output_dim", "forecast_dim"):
+            value = config.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "global_tokens" else 1):
+                raise ValueError(f"{name}: config field {key!r} missing or invalid: {value!r}")
+        E, heads = config["embed_dim"], config["num_heads"]
+        if E % heads:
+            raise ValueError(f"{name}: embed_dim {E} is not divisible by num_heads {heads}")
+        window = config.get("window")
+        if window is not None:
+            if (not isinstance(window, list) or len(window) != 2
+                    or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in window)):
+                raise ValueError(f"{name}: window must be null or [left, right] of ints >= 0, got {window!r}")
+            window = (window[0], window[1])
+        self.dtype = config.get("dtype")
+        if self.dtype not in ("float32", "int8"):
+            raise ValueError(f"{name}: dtype must be 'float32' or 'int8', got {self.dtype!r}")
+        self.config, self.E, self.heads, self.window = dict(config), E, heads, window
+        self.global_tokens = config["global_tokens"]
+        self.need_weights = True
+        sizes = {"in_proj": (E, 3 * E), "out_proj": (E, E), "pattern": (E, config["output_dim"]),
+                 "forecast": (E, config["forecast_dim"]), "anomaly": (E, 1)}
+        self.linears = {}
+        known = set()
+        for sub, (k, n) in sizes.items():
+            prefix = sub + "."
+            own = {key[len(prefix):]: v for key, v in tensors.items() if key.startswith(prefix)}
+            known.update(prefix + key for key in own)
+            cfg = dict(name=f"{config.get('name', '?')}.{sub}", in_features=k, out_features=n, bias=True,
+                       dtype=self.dtype)
+            self.linears[sub] = Linear(cfg, own)
+        extra = set(tensors) - known
+        if extra:
+            raise ValueError(f"{name}: unexpected tensors {sorted(extra)[:5]}")
+
+    def _attend(self, x: np.ndarray):
+        T, E, H = x.shape[0], self.E, self.heads
+        d = E // H
+        qkv, _ = self.linears["in_proj"].run(x)
+        q = np.ascontiguousarray(qkv[:, :E].reshape(T, H, d).transpose(1, 0, 2))
+        q *= np.float32(1.0 / np.sqrt(d))
+        k = np.ascontiguousarray(qkv[:, E:2 * E].reshape(T, H, d).transpose(1, 0, 2))
+        v = np.ascontiguousarray(qkv[:, 2 * E:].reshape(T, H, d).transpose(1, 0, 2))
+        del qkv  # peak memory matters on desktops: keep only the per-head copies
+        out = np.empty((H, T, d), np.float32)
+        weights = np.zeros((T, T), np.float32) if self.need_weights else None
+        g = self.global_tokens
+        for i0 in range(0, T, _BLOCK):
+            i1 = min(T, i0 + _BLOCK)
+            if self.window is None or i0 < g:
+                keys = slice(0, T)
+            else:  # only the band (and the global keys) can be attended
+                lo, hi = max(0, i0 - self.window[0]), min(T, i1 + self.window[1])
+                keys = slice(lo, hi) if g == 0 else np.union1d(np.arange(min(g, T)), np.arange(lo, hi))
+            kb, vb = k[:, keys], v[:, keys]
+            scores = q[:, i0:i1] @ kb.transpose(0, 2, 1)  # (H, b, nk)
+            if self.window is not None or g:
+                cols = np.arange(T)[keys] if isinstance(keys, slice) else keys
+                allowed = _allowed(np.arange(i0, i1), cols, self.window, g)
+                if not allowed.all():
+                    scores[:, ~allowed] = -np.inf
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            out[:, i0:i1] = scores @ vb
+            if weights is not None:
+                weights[i0:i1, keys] = scores.mean(axis=0)
+        attn, _ = self.linears["out_proj"].run(out.transpose(1, 0, 2).reshape(T, E))
+        return attn, weights
+
+    def _one(self, x: np.ndarray):
+        attn, weights = self._attend(x)
+        pattern, _ = self.linears["pattern"].run(attn)
+        forecast, _ = self.linears["forecast"].run(attn[-1])
+        anomaly, _ = self.linears["anomaly"].run(attn)
+        return pattern, forecast, anomaly, weights
+
+    def run(self, x: np.ndarray, state=None, lengths=None):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim not in (2, 3) or x.shape[-1] != self.E or x.shape[-2] == 0:
+            raise ValueError(f"productivity_head: input must be (T, {self.E}) or (B, T, {self.E}) with T > 0, "
+                             f"got {x.shape}")
+        if x.ndim == 2:
+            return self._one(x), None
+        results = [self._one(xb) for xb in x]
+        stacked = tuple(None if r[0] is None else np.stack(r) for r in zip(*results))
+        return stacked, None
+
+    def nbytes(self) -> int:
+        """Bytes of the loaded parameters."""
+        total = 0
+        for layer in self.linears.values():
+            for v in vars(layer).values():
+                total += v.nbytes() if callable(getattr(v, "nbytes", None)) else getattr(v, "nbytes", 0)
+        return total
