@@ -58,7 +58,9 @@ static inline __m512 rcp16(__m512 x) {
 
 static inline __m512 exp16(__m512 x) {
   using C = ExpConst;
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(C::kMin)), _mm512_set1_ps(C::kMax));
+  // Operand order matters: max/min return their second operand when either is
+  // NaN, so x goes last to let NaN inputs propagate (like torch) instead of clamping.
+  x = _mm512_min_ps(_mm512_set1_ps(C::kMax), _mm512_max_ps(_mm512_set1_ps(C::kMin), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(C::kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(C::kLn2Hi), x);
@@ -114,7 +116,8 @@ static inline __m256 rcp8(__m256 x) {
 
 static inline __m256 exp8(__m256 x) {
   using C = ExpConst;
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(C::kMin)), _mm256_set1_ps(C::kMax));
+  // x last: NaN propagates (see exp16).
+  x = _mm256_min_ps(_mm256_set1_ps(C::kMax), _mm256_max_ps(_mm256_set1_ps(C::kMin), x));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(C::kLog2e)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(C::kLn2Hi), x);
