@@ -79,6 +79,27 @@ def _suites(only: list[str] | None) -> list[str]:
     return chosen
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The options that decide what was measured, as a command line (for the README table)."""
+    parts = ["fastlstm bench"]
+    if args.suite != "quick":
+        parts.append(f"--suite {args.suite}")
+    for item in args.only or []:
+        parts.append(f"--only {item}")
+    for shape in args.shapes or []:
+        parts.append(f"--shapes {shape.B},{shape.T},{shape.I},{shape.H},{shape.L},{'yes' if shape.bi else 'no'}")
+    for backend in args.backend or []:
+        parts.append(f"--backend {backend}")
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    if args.device != "cpu":
+        parts.append(f"--device {args.device}")
+    for flag, value in (("--min-time", args.min_time), ("--min-calls", args.min_calls)):
+        if value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -112,6 +133,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     chosen = _suites(args.only)
     plain = args.plain or not sys.stdout.isatty()
     result = runner.run(ctx, chosen, suites.plan, tty=False if args.plain else None)
+    result["command"] = _command(args)
     report.validate(result)
     report.print_report(result, plain=plain)
     if args.json:

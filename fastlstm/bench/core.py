@@ -185,12 +185,11 @@ def fill_rates(m: Measurement, flops: float | None, peak_gflops: float | None) -
             m.peak_fraction = m.gflops / peak_gflops
 
 
-def sgemm_peak(method: Method, size: int | None = None, device: str = "cpu") -> dict:
+def sgemm_peak(method: Method, size: int = 2048, device: str = "cpu") -> dict:
     """This machine's fp32 GEMM rate: ``torch.mm`` of two ``size x size`` matrices,
     2*size^3 flops per call; ``peak_gflops`` uses the fastest call."""
     import torch
 
-    size = size or (1024 if method.name == "quick" else 2048)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=gen).to(device)
     b = torch.randn(size, size, generator=gen).to(device)

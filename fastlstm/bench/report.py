@@ -220,7 +220,7 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     v = m["versions"]
     out = [
-        f"Measured by `fastlstm bench{'' if report['method']['name'] == 'quick' else ' --suite full'}` "
+        f"Measured by `{report.get('command', 'fastlstm bench')}` "
         f"on {m['cpu_model']} ({m['isa']}, {m['threads']} threads), {report['created'][:10]}; "
         + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ". "
         f"Median ms ({report['method']['description'].split(': ', 1)[-1]}); sgemm peak "

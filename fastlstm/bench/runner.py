@@ -30,6 +30,7 @@ class Context:
     shapes: list[LSTMShape] = field(default_factory=list)
     quick: bool = True
     workdir: Path | None = None
+    sgemm_size: int | None = None  # default: 1024 (quick) or 2048 (full)
     cache: dict = field(default_factory=dict)
     exports: dict = field(default_factory=dict)
 
@@ -203,7 +204,7 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
         own_tmp = tempfile.TemporaryDirectory(prefix="fastlstm-bench-")
         ctx.workdir = Path(own_tmp.name)
     try:
-        sgemm = core.sgemm_peak(ctx.method, device=ctx.device)
+        sgemm = core.sgemm_peak(ctx.method, ctx.sgemm_size or (1024 if ctx.quick else 2048), ctx.device)
         plans = []
         for suite in suites:
             try:
