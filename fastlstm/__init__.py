@@ -4,19 +4,65 @@
 >>> lstm = fastlstm.LSTM(32, 128, num_layers=2, bidirectional=True)  # drop-in for torch.nn.LSTM
 """
 
-from fastlstm import _ext  # noqa: F401  (loads _C, warns once if it cannot)
-from fastlstm import ops, reference
-from fastlstm._backends import available_backends, get_backend, set_backend
-from fastlstm.nn import LSTM, LSTMCell
+import sys as _sys
+
+from fastlstm import _ext  # noqa: F401  (loads _C, warns once if it cannot; torch-free)
 
 __version__ = "0.1.0"
+
+# Names that need torch. They load eagerly when torch is already imported
+# (the usual `import torch; import fastlstm`) and on first access otherwise,
+# so that `import fastlstm.runtime` (numpy + _C only) never imports torch.
+_TORCH_API = {
+    "LSTM": "fastlstm.nn",
+    "LSTMCell": "fastlstm.nn",
+    "QuantizedLSTM": "fastlstm.nn",
+    "SparseAttention": "fastlstm.nn",
+    "available_backends": "fastlstm._backends",
+    "get_backend": "fastlstm._backends",
+    "set_backend": "fastlstm._backends",
+    "quantize_dynamic": "fastlstm.quantization",
+    "export": "fastlstm.exporter",
+    "ops": None,
+    "reference": None,
+}
+
+
+def _load_torch_api() -> None:
+    import importlib
+
+    for name, module in _TORCH_API.items():
+        if module is None:
+            globals()[name] = importlib.import_module(f"fastlstm.{name}")
+        else:
+            value = getattr(importlib.import_module(module), name)
+            globals()[name] = value
+
+
+def __getattr__(name):
+    if name in _TORCH_API:
+        _load_torch_api()
+        return globals()[name]
+    raise AttributeError(f"module 'fastlstm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_TORCH_API))
+
+
+if "torch" in _sys.modules:
+    _load_torch_api()
 
 __all__ = [
     "LSTM",
     "LSTMCell",
+    "QuantizedLSTM",
+    "SparseAttention",
     "available_backends",
+    "export",
     "get_backend",
     "ops",
+    "quantize_dynamic",
     "reference",
     "set_backend",
 ]

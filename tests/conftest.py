@@ -3,6 +3,10 @@ import os
 # Outputs start as NaN so a kernel that leaves an element unwritten fails.
 os.environ.setdefault("FASTLSTM_NAN_FILL", "1")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -16,6 +20,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def pytest_configure(config):
+    # A missing extension would turn every kernel test into a skip; refuse to
+    # run silently on the reference backend unless explicitly allowed.
+    from fastlstm import _ext
+
+    if not _ext.available() and os.environ.get("FASTLSTM_ALLOW_NO_EXTENSION") != "1":
+        raise pytest.UsageError(
+            f"fastlstm._C is not importable ({_ext.load_error}); build it (pip install . or "
+            ".ci/build_inplace) or set FASTLSTM_ALLOW_NO_EXTENSION=1 to test the reference only"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def run_python(code: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter that imports the same fastlstm as
+    this test process (installed or in-tree), from a neutral directory."""
+    import fastlstm
+
+    package_root = str(Path(fastlstm.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+        cwd="/", env={**os.environ, "PYTHONPATH": path, **env},
+    )
+
+
+@pytest.fixture
+def python_subprocess():
+    """``python_subprocess(code, **env)`` -> CompletedProcess (see run_python)."""
+    return run_python

@@ -1,10 +1,6 @@
 """fastlstm._C: ISA dispatch, the fallback when it cannot load, and the
 binding's own argument checks."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -13,11 +9,6 @@ from fastlstm import _ext
 
 needs_c = pytest.mark.skipif(not _ext.available(), reason="fastlstm._C not built")
 LEVELS = ["scalar", "avx2", "avx512", "avx512_vnni"]
-
-
-def _run(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
 
 
 @needs_c
@@ -35,15 +26,15 @@ def test_capability_is_known_and_lowerable():
 
 @needs_c
 @pytest.mark.parametrize("level", LEVELS)
-def test_env_lowers_capability(level):
-    result = _run("import fastlstm._ext as e; print(e.cpu_capability())", FASTLSTM_CPU_CAPABILITY=level)
+def test_env_lowers_capability(level, python_subprocess):
+    result = python_subprocess("import fastlstm._ext as e; print(e.cpu_capability())", FASTLSTM_CPU_CAPABILITY=level)
     assert result.returncode == 0, result.stderr
     detected = _ext._C.detected_cpu_capability()
     assert result.stdout.strip() == LEVELS[min(LEVELS.index(level), LEVELS.index(detected))]
 
 
-def test_bad_capability_env_is_a_clear_error():
-    result = _run("import fastlstm", FASTLSTM_CPU_CAPABILITY="avx9000")
+def test_bad_capability_env_is_a_clear_error(python_subprocess):
+    result = python_subprocess("import fastlstm", FASTLSTM_CPU_CAPABILITY="avx9000")
     assert result.returncode != 0 and "FASTLSTM_CPU_CAPABILITY" in result.stderr
 
 
@@ -67,7 +58,7 @@ def test_every_level_gives_the_same_answer():
             torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=lambda m: f"{level}: {m}")
 
 
-def test_import_without_extension_falls_back_and_warns_once():
+def test_import_without_extension_falls_back_and_warns_once(python_subprocess):
     code = (
         "import sys, warnings\n"
         "sys.modules['fastlstm._C'] = None\n"
@@ -82,7 +73,7 @@ def test_import_without_extension_falls_back_and_warns_once():
         "assert fastlstm.available_backends('cpu') == ['reference']\n"
         "print('ok', tuple(out.shape))\n"
     )
-    result = _run(code)
+    result = python_subprocess(code)
     assert result.returncode == 0, result.stderr
     assert "ok (5, 2, 4)" in result.stdout
 

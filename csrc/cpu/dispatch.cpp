@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "fastlstm/cpu_capability.h"
+#include "int8_lstm.h"
 #include "lstm_recurrence.h"
+#include "sparse_attention.h"
 
 namespace fastlstm {
 
@@ -111,10 +113,58 @@ void lstm_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p) {
   }
 }
 
+// int8: VNNI uses 8-bit activations with vpdpbusd; the avx2 and avx512 levels
+// use the AVX2 kernels (7-bit activations, vpmaddubsw).
+const Int8Kernels& int8_kernels() {
+  switch (active_cpu_capability()) {
+#if defined(FASTLSTM_HAVE_AVX512)
+    case CpuCapability::Avx512Vnni: return int8_kernels_avx512_vnni();
+#endif
+#if defined(FASTLSTM_HAVE_AVX2)
+    case CpuCapability::Avx512:
+    case CpuCapability::Avx2: return int8_kernels_avx2();
+#endif
+    default: return int8_kernels_scalar();
+  }
+}
+
 template void lstm_recurrence_fwd<float>(const LstmRecurrenceFwdParams<float>&);
 template void lstm_recurrence_fwd<double>(const LstmRecurrenceFwdParams<double>&);
 template void lstm_recurrence_bwd<float>(const LstmRecurrenceBwdParams<float>&);
 template void lstm_recurrence_bwd<double>(const LstmRecurrenceBwdParams<double>&);
+
+template <typename T>
+SparseAttentionFwdFn<T> sparse_attention_fwd_variant() {
+  switch (active_cpu_capability()) {
+#if defined(FASTLSTM_HAVE_AVX512)
+    case CpuCapability::Avx512Vnni:
+    case CpuCapability::Avx512: return &sparse_attention_fwd_avx512;
+#endif
+#if defined(FASTLSTM_HAVE_AVX2)
+    case CpuCapability::Avx2: return &sparse_attention_fwd_avx2;
+#endif
+    default: return &sparse_attention_fwd_scalar;
+  }
+}
+
+template <typename T>
+SparseAttentionBwdFn<T> sparse_attention_bwd_variant() {
+  switch (active_cpu_capability()) {
+#if defined(FASTLSTM_HAVE_AVX512)
+    case CpuCapability::Avx512Vnni:
+    case CpuCapability::Avx512: return &sparse_attention_bwd_avx512;
+#endif
+#if defined(FASTLSTM_HAVE_AVX2)
+    case CpuCapability::Avx2: return &sparse_attention_bwd_avx2;
+#endif
+    default: return &sparse_attention_bwd_scalar;
+  }
+}
+
+template SparseAttentionFwdFn<float> sparse_attention_fwd_variant<float>();
+template SparseAttentionFwdFn<double> sparse_attention_fwd_variant<double>();
+template SparseAttentionBwdFn<float> sparse_attention_bwd_variant<float>();
+template SparseAttentionBwdFn<double> sparse_attention_bwd_variant<double>();
 
 }  // namespace cpu
 }  // namespace fastlstm

@@ -9,6 +9,8 @@ namespace py = pybind11;
 namespace fastlstm {
 namespace binding {
 void bind_lstm(py::module_& m);
+void bind_int8(py::module_& m);
+void bind_attention(py::module_& m);
 }  // namespace binding
 }  // namespace fastlstm
 
@@ -35,4 +37,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("has_cuda") = false;
 #endif
   binding::bind_lstm(m);
+  binding::bind_int8(m);
+  binding::bind_attention(m);
 }

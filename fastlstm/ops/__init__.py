@@ -1,6 +1,7 @@
 """Functional ops. Every op is a torch.library custom op with a fake kernel
 and autograd; the backend that runs it is chosen in ``fastlstm._backends``."""
 
+from fastlstm.ops.attention import sparse_attention
 from fastlstm.ops.lstm import lstm, lstm_recurrence, lstm_recurrence_backward
 
-__all__ = ["lstm", "lstm_recurrence", "lstm_recurrence_backward"]
+__all__ = ["sparse_attention", "lstm", "lstm_recurrence", "lstm_recurrence_backward"]

@@ -243,3 +243,29 @@ def test_from_torch_keeps_training_mode_and_deepcopies():
     assert torch.equal(clone.weight_hh_l0, fast.weight_hh_l0)
     with pytest.raises(TypeError):
         fastlstm.LSTM.from_torch(torch.nn.GRU(3, 4))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_configurations_match_torch(seed):
+    """Configurations nobody listed: random sizes and flags, loaded from a torch state_dict."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+
+    def pick(*options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    hidden = pick(1, 2, 3, 8, 17, 33)
+    cfg = dict(
+        num_layers=pick(1, 2, 3), bias=pick(True, False), batch_first=pick(True, False),
+        bidirectional=pick(True, False), proj_size=pick(0, 0, max(hidden - 1, 0)),
+    )
+    input_size = pick(1, 4, 19)
+    dtype = pick(torch.float32, torch.float64)
+    ref = torch.nn.LSTM(input_size, hidden, **cfg, dtype=dtype)
+    fast = fastlstm.LSTM(input_size, hidden, **cfg, dtype=dtype)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    T, B = pick(1, 2, 9, 31), pick(1, 2, 5)
+    x = torch.randn((B, T, input_size) if cfg["batch_first"] else (T, B, input_size), dtype=dtype, requires_grad=True)
+    out_r, (h_r, c_r) = ref(x)
+    out_f, (h_f, c_f) = fast(x)
+    _check([out_r, h_r, c_r, *_grads(ref, x, out_r, h_r, c_r)],
+           [out_f, h_f, c_f, *_grads(fast, x, out_f, h_f, c_f)], dtype)

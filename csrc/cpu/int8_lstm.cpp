@@ -1,0 +1,58 @@
+// int8 LSTM layer driver (portable): splits a layer into (direction, batch
+// slice) work items over threads, and packs weights. The hot loops are in the
+// ISA variants (int8_lstm_<isa>.cpp); dispatch.cpp picks one.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "int8_lstm.h"
+
+namespace fastlstm {
+namespace cpu {
+
+void int8_lstm_fwd(const Int8LstmParams& p) {
+  const Int8Kernels& k = int8_kernels();
+  const int64_t D = p.directions, B = p.batch;
+  const int64_t nt = std::max(1, p.num_threads);
+  // Directions run concurrently first; leftover threads split the batch
+  // (rows are independent, so results do not depend on the split).
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(B, nt / D));
+  std::vector<Int8Work> items;
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t s = 0; s < slices; ++s) items.push_back({d, B * s / slices, B * (s + 1) / slices});
+  const int64_t workers = std::min<int64_t>(nt, static_cast<int64_t>(items.size()));
+  std::vector<std::vector<unsigned char>> scratch(workers);
+  for (int64_t w = 0; w < workers; ++w) {
+    int64_t bytes = 0;
+    for (size_t i = w; i < items.size(); i += workers)
+      bytes = std::max(bytes, k.worker_scratch_bytes(p, items[i].b1 - items[i].b0));
+    scratch[w].resize(bytes);
+  }
+  auto run = [&](int64_t w) {
+    for (size_t i = w; i < items.size(); i += workers) k.worker(p, items[i], scratch[w].data());
+  };
+  std::vector<std::thread> threads;
+  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(run, w);
+  run(0);
+  for (auto& t : threads) t.join();
+}
+
+void int8_pack_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* rowsum) {
+  const int64_t Np = int8_round_up(n, 16), Kp = int8_round_up(k, 4);
+  std::memset(packed, 0, static_cast<size_t>(Np * Kp));
+  for (int64_t r = 0; r < n; ++r) {
+    int32_t sum = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const int8_t v = w[r * k + c];
+      sum += v;
+      // (Np/16, Kp/4, 16, 4)
+      packed[((r / 16) * (Kp / 4) + c / 4) * 64 + (r % 16) * 4 + c % 4] = v;
+    }
+    rowsum[r] = sum;
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastlstm

@@ -1,0 +1,43 @@
+// CPU int8 LSTM entry points (see fastlstm/int8_params.h for the scheme and
+// layouts). `int8_kernels()` (dispatch.cpp) returns the active ISA's table.
+#pragma once
+
+#include <cstdint>
+
+#include "fastlstm/int8_params.h"
+
+namespace fastlstm {
+namespace cpu {
+
+// Work item of one thread: direction d, batch rows [b0, b1).
+struct Int8Work {
+  int64_t direction, b0, b1;
+};
+
+struct Int8Kernels {
+  const char* name;
+  int qmax;  // activation range this ISA uses (127 or 63)
+  // Scratch bytes a worker needs for a batch slice of `rows` rows.
+  int64_t (*worker_scratch_bytes)(const Int8LstmParams& p, int64_t rows);
+  // Runs one direction over one batch slice for all T steps.
+  void (*worker)(const Int8LstmParams& p, const Int8Work& w, unsigned char* scratch);
+  // Testing entry: quantises `rows` rows of x (rows, K) with `qmax` and writes
+  // the exact int32 products with packed(N, K) weights: acc (rows, N), and the
+  // activation scales xs (rows). qmax must be <= this table's qmax.
+  void (*matmul_s32)(const float* x, int64_t rows, int64_t K, const int8_t* w_packed, const int32_t* rowsum,
+                     int64_t N, int qmax, int32_t* acc, float* xs, unsigned char* scratch);
+};
+
+const Int8Kernels& int8_kernels_scalar();
+const Int8Kernels& int8_kernels_avx2();
+const Int8Kernels& int8_kernels_avx512_vnni();
+// The active ISA's kernels (dispatch.cpp).
+const Int8Kernels& int8_kernels();
+
+// Whole layer: checks nothing (the binding did), splits work over threads.
+void int8_lstm_fwd(const Int8LstmParams& p);
+// Packs a row-major (N, K) int8 matrix (layout in int8_params.h) and writes its row sums.
+void int8_pack_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* rowsum);
+
+}  // namespace cpu
+}  // namespace fastlstm

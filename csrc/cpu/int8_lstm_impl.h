@@ -1,0 +1,207 @@
+// The int8 LSTM worker, written once over an ISA "kernel" struct K that
+// provides the three hot pieces:
+//   K::kQmax, K::kRows                   activation range, max rows per tile
+//   K::quantize_row(x, K, Kp, qmax, q)   -> scale; writes Kp shifted u8 values
+//   K::template block<R>(q, ldq, Kp, w, acc)  raw u8 x s8 products of R rows with
+//                                        one 16-row block of packed weights
+//   K::cell_rows(pre, c, h, H)           fp32 gate nonlinearities + cell update
+// Included by each ISA translation unit; everything has internal linkage so
+// differently-compiled copies never merge.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "fastlstm/int8_params.h"
+#include "int8_lstm.h"
+
+namespace fastlstm {
+namespace cpu {
+namespace {
+
+constexpr int64_t kInt8Chunk = 16;  // steps whose input projection is computed together
+
+inline int64_t i8_time_at(int64_t s, int64_t d, int64_t T) { return d == 1 ? T - 1 - s : s; }
+inline int64_t i8_align(int64_t n) { return (n + 63) / 64 * 64; }
+
+template <class K, int R>
+inline void i8_block_upto(int rows, const uint8_t* q, int64_t ldq, int64_t Kp, const int8_t* w, int32_t* acc) {
+  if constexpr (R > 1) {
+    if (rows < R) return i8_block_upto<K, R - 1>(rows, q, ldq, Kp, w, acc);
+  }
+  K::template block<R>(q, ldq, Kp, w, acc);
+}
+
+// out[r, n] = (sum_k u8[r,k] w[n,k] - off*rowsum[n]) * xs[r] * ws[n] (+ add[r, n]) (+ bias[n]).
+template <class K>
+void i8_linear(const uint8_t* q, int64_t ldq, const float* xs, int64_t rows, int64_t Kp, const int8_t* w,
+               const float* ws, const int32_t* rowsum, int64_t N, int off, const float* add, int64_t ldadd,
+               const float* bias, float* out, int64_t ldout) {
+  const int64_t nblocks = int8_round_up(N, 16) / 16;
+  alignas(64) int32_t acc[K::kRows * 16];
+  for (int64_t r0 = 0; r0 < rows; r0 += K::kRows) {
+    const int R = static_cast<int>(std::min<int64_t>(K::kRows, rows - r0));
+    for (int64_t nb = 0; nb < nblocks; ++nb) {
+      i8_block_upto<K, K::kRows>(R, q + r0 * ldq, ldq, Kp, w + nb * 16 * Kp, acc);
+      const int64_t n0 = nb * 16, jn = std::min<int64_t>(16, N - n0);
+      for (int r = 0; r < R; ++r) {
+        const float sx = xs[r0 + r];
+        float* o = out + (r0 + r) * ldout + n0;
+        const int32_t* a = acc + r * 16;
+        const float* ad = add ? add + (r0 + r) * ldadd + n0 : nullptr;
+        for (int64_t j = 0; j < jn; ++j) {
+          float v = static_cast<float>(a[j] - off * rowsum[n0 + j]) * (sx * ws[n0 + j]);
+          if (ad) v += ad[j];
+          if (bias) v += bias[n0 + j];
+          o[j] = v;
+        }
+      }
+    }
+  }
+}
+
+template <class K>
+int64_t i8_worker_scratch_bytes(const Int8LstmParams& p, int64_t rows) {
+  const int64_t G = 4 * p.hidden, Ip = int8_round_up(p.input, 4), Pp = int8_round_up(p.proj, 4),
+                Hp = int8_round_up(p.hidden, 4), Tc = std::min<int64_t>(kInt8Chunk, std::max<int64_t>(p.seq_len, 1));
+  return i8_align(Tc * rows * Ip) + i8_align(4 * Tc * rows) + i8_align(4 * Tc * rows * G) +
+         i8_align(rows * Pp) + i8_align(4 * rows) + i8_align(4 * rows * G) + i8_align(4 * rows * p.hidden) +
+         i8_align(rows * Hp) + i8_align(4 * rows) + i8_align(4 * rows * p.proj) + 64;
+}
+
+template <class K>
+void i8_worker(const Int8LstmParams& p, const Int8Work& wk, unsigned char* scratch) {
+  const int64_t T = p.seq_len, B = p.batch, D = p.directions, I = p.input, H = p.hidden, P = p.proj;
+  const int64_t G = 4 * H, Ip = int8_round_up(I, 4), Pp = int8_round_up(P, 4), Hp = int8_round_up(H, 4);
+  const int64_t d = wk.direction, b0 = wk.b0, Bs = wk.b1 - wk.b0;
+  const int64_t Tc = std::min<int64_t>(kInt8Chunk, std::max<int64_t>(T, 1));
+  const int off = K::kQmax + 1;
+  const bool proj = p.w_hr != nullptr;
+
+  unsigned char* s = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
+  auto take = [&s](int64_t bytes) { unsigned char* r = s; s += i8_align(bytes); return r; };
+  uint8_t* qx = take(Tc * Bs * Ip);
+  float* xs = reinterpret_cast<float*>(take(4 * Tc * Bs));
+  float* gx = reinterpret_cast<float*>(take(4 * Tc * Bs * G));
+  uint8_t* qh = take(Bs * Pp);
+  float* hs = reinterpret_cast<float*>(take(4 * Bs));
+  float* pre = reinterpret_cast<float*>(take(4 * Bs * G));
+  float* hpre = reinterpret_cast<float*>(take(4 * Bs * H));
+  uint8_t* qhp = take(Bs * Hp);
+  float* hps = reinterpret_cast<float*>(take(4 * Bs));
+  float* pout = reinterpret_cast<float*>(take(4 * Bs * P));
+
+  const int8_t* w_ih = p.w_ih + d * int8_packed_size(G, I);
+  const int8_t* w_hh = p.w_hh + d * int8_packed_size(G, P);
+  const int8_t* w_hr = proj ? p.w_hr + d * int8_packed_size(P, H) : nullptr;
+  const float* bias = p.bias ? p.bias + d * G : nullptr;
+  float* hstate = p.hn + (d * B + b0) * P;  // (Bs, P)
+  float* cstate = p.cn + (d * B + b0) * H;  // (Bs, H)
+  std::memcpy(hstate, p.h0 + (d * B + b0) * P, sizeof(float) * Bs * P);
+  std::memcpy(cstate, p.c0 + (d * B + b0) * H, sizeof(float) * Bs * H);
+
+  for (int64_t s0 = 0; s0 < T; s0 += Tc) {
+    const int64_t n = std::min(Tc, T - s0);
+    // Input projection of n steps at once: one int8 GEMM (n*Bs, I) x (I, G).
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = i8_time_at(s0 + i, d, T);
+      for (int64_t bi = 0; bi < Bs; ++bi) {
+        const int64_t row = i * Bs + bi;
+        xs[row] = K::quantize_row(p.x + (t * B + b0 + bi) * I, I, Ip, K::kQmax, qx + row * Ip);
+      }
+    }
+    i8_linear<K>(qx, Ip, xs, n * Bs, Ip, w_ih, p.w_ih_scale + d * G, p.w_ih_rowsum + d * G, G, off, nullptr, 0,
+                 bias, gx, G);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = i8_time_at(s0 + i, d, T);
+      for (int64_t bi = 0; bi < Bs; ++bi)
+        hs[bi] = K::quantize_row(hstate + bi * P, P, Pp, K::kQmax, qh + bi * Pp);
+      i8_linear<K>(qh, Pp, hs, Bs, Pp, w_hh, p.w_hh_scale + d * G, p.w_hh_rowsum + d * G, G, off,
+                   gx + i * Bs * G, G, nullptr, pre, G);
+      for (int64_t bi = 0; bi < Bs; ++bi) {
+        const int64_t b = b0 + bi;
+        float* y = p.y + ((t * B + b) * D + d) * P;
+        if (p.lengths && t >= p.lengths[b]) {
+          std::memset(y, 0, sizeof(float) * P);
+          if (proj) std::memset(hpre + bi * H, 0, sizeof(float) * H);
+          continue;
+        }
+        K::cell_rows(pre + bi * G, cstate + bi * H, proj ? hpre + bi * H : hstate + bi * P, H);
+      }
+      if (proj) {
+        for (int64_t bi = 0; bi < Bs; ++bi)
+          hps[bi] = K::quantize_row(hpre + bi * H, H, Hp, K::kQmax, qhp + bi * Hp);
+        i8_linear<K>(qhp, Hp, hps, Bs, Hp, w_hr, p.w_hr_scale + d * P, p.w_hr_rowsum + d * P, P, off, nullptr, 0,
+                     nullptr, pout, P);
+      }
+      for (int64_t bi = 0; bi < Bs; ++bi) {
+        const int64_t b = b0 + bi;
+        if (p.lengths && t >= p.lengths[b]) continue;
+        if (proj) std::memcpy(hstate + bi * P, pout + bi * P, sizeof(float) * P);
+        std::memcpy(p.y + ((t * B + b) * D + d) * P, hstate + bi * P, sizeof(float) * P);
+      }
+    }
+  }
+}
+
+template <class K>
+void i8_matmul_s32(const float* x, int64_t rows, int64_t Kd, const int8_t* w, const int32_t* rowsum, int64_t N,
+                   int qmax, int32_t* out, float* xs, unsigned char* scratch) {
+  const int64_t Kp = int8_round_up(Kd, 4), nblocks = int8_round_up(N, 16) / 16;
+  uint8_t* q = scratch;
+  const int off = qmax + 1;
+  for (int64_t r = 0; r < rows; ++r) xs[r] = K::quantize_row(x + r * Kd, Kd, Kp, qmax, q + r * Kp);
+  alignas(64) int32_t acc[K::kRows * 16];
+  for (int64_t r0 = 0; r0 < rows; r0 += K::kRows) {
+    const int R = static_cast<int>(std::min<int64_t>(K::kRows, rows - r0));
+    for (int64_t nb = 0; nb < nblocks; ++nb) {
+      i8_block_upto<K, K::kRows>(R, q + r0 * Kp, Kp, Kp, w + nb * 16 * Kp, acc);
+      for (int r = 0; r < R; ++r)
+        for (int64_t j = 0; j < 16 && nb * 16 + j < N; ++j)
+          out[(r0 + r) * N + nb * 16 + j] = acc[r * 16 + j] - off * rowsum[nb * 16 + j];
+    }
+  }
+}
+
+// Scalar activation quantiser shared by the variants' tails: returns the
+// non-finite marker (x - x summed) so a NaN/inf row yields a NaN scale.
+inline float i8_amax_scalar(const float* x, int64_t k0, int64_t K, float amax, float* nonfinite) {
+  for (int64_t k = k0; k < K; ++k) {
+    const float a = x[k] < 0 ? -x[k] : x[k];
+    amax = a > amax ? a : amax;
+    *nonfinite += x[k] - x[k];
+  }
+  return amax;
+}
+
+inline uint8_t i8_quant_scalar(float v, float inv, int qmax) {
+  float r = __builtin_nearbyintf(v * inv);
+  r = r > qmax ? static_cast<float>(qmax) : (r < -qmax ? static_cast<float>(-qmax) : r);
+  return static_cast<uint8_t>(static_cast<int>(r) + qmax + 1);
+}
+
+inline float i8_scale(float amax, float nonfinite, int qmax, float* inv) {
+  if (nonfinite != 0.0f || amax != amax) {
+    *inv = 0.0f;
+    return __builtin_nanf("");
+  }
+  *inv = amax > 0.0f ? static_cast<float>(qmax) / amax : 0.0f;
+  return amax / static_cast<float>(qmax);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastlstm
+
+// Defines int8_kernels_<isa>() from a kernel struct K.
+#define FASTLSTM_DEFINE_INT8_KERNELS(isa, K)                                                          \
+  namespace fastlstm {                                                                               \
+  namespace cpu {                                                                                    \
+  const Int8Kernels& int8_kernels_##isa() {                                                          \
+    static const Int8Kernels table{#isa, K::kQmax, &i8_worker_scratch_bytes<K>, &i8_worker<K>,      \
+                                   &i8_matmul_s32<K>};                                               \
+    return table;                                                                                    \
+  }                                                                                                  \
+  }                                                                                                  \
+  }

@@ -1,0 +1,5 @@
+// Sparse attention compiled for the avx2 level (flags set in CMakeLists.txt by file name).
+#include "sparse_attention.h"
+#include "sparse_attention_generic.h"
+
+FASTLSTM_DEFINE_GENERIC_SPARSE_ATTENTION_VARIANT(avx2)

@@ -1,0 +1,105 @@
+// Parameter structs of the sparse (sliding-window + global-token) attention
+// kernels, shared by the CPU and CUDA implementations. Torch-free: raw
+// pointers and sizes only.
+//
+// Sizes: B batch, H heads, Tq queries, Tk keys, D head dim of q/k, Dv head
+// dim of v. Every buffer is dense (contiguous, row-major) in the layout
+// written beside it; buffers never alias each other.
+//
+// Pattern: query i attends key j when
+//   (i - left <= j <= i + right)  or  j < global_tokens  or  i < global_tokens,
+// and key_padding[b * Tk + j] == 0. left/right < 0 mean "unbounded" (dense).
+// A query with no allowed key gets output 0 and lse = -inf; backward treats
+// it as contributing nothing.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FASTLSTM_ATTN_HD __host__ __device__ __forceinline__
+#else
+// static: copies in translation units compiled with different ISA flags never merge.
+#define FASTLSTM_ATTN_HD static inline
+#endif
+
+namespace fastlstm {
+
+struct AttentionPattern {
+  int64_t left = -1, right = -1;  // window half-widths; < 0 = unbounded
+  int64_t global_tokens = 0;
+  const uint8_t* key_padding = nullptr;  // (B, Tk), nonzero = padding, or null
+};
+
+template <typename T>
+struct SparseAttentionFwdParams {
+  // Inputs.
+  const T* q = nullptr;  // (B, H, Tq, D)
+  const T* k = nullptr;  // (B, H, Tk, D)
+  const T* v = nullptr;  // (B, H, Tk, Dv)
+  // Outputs.
+  T* out = nullptr;  // (B, H, Tq, Dv)
+  T* lse = nullptr;  // (B, H, Tq) log-sum-exp of the scaled scores over allowed keys
+  AttentionPattern pattern;
+  T scale = 1;
+  int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, v_dim = 0;
+  int num_threads = 1;
+};
+
+template <typename T>
+struct SparseAttentionBwdParams {
+  // Inputs.
+  const T* q = nullptr;     // (B, H, Tq, D)
+  const T* k = nullptr;     // (B, H, Tk, D)
+  const T* v = nullptr;     // (B, H, Tk, Dv)
+  const T* out = nullptr;   // (B, H, Tq, Dv) forward output
+  const T* lse = nullptr;   // (B, H, Tq) forward log-sum-exp
+  const T* dout = nullptr;  // (B, H, Tq, Dv)
+  // Outputs (fully written).
+  T* dq = nullptr;  // (B, H, Tq, D)
+  T* dk = nullptr;  // (B, H, Tk, D)
+  T* dv = nullptr;  // (B, H, Tk, Dv)
+  AttentionPattern pattern;
+  T scale = 1;
+  int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, v_dim = 0;
+  int num_threads = 1;
+};
+
+// Keys query i may attend, as at most two half-open ranges [a0, a1) (the
+// global prefix) and [b0, b1) (the window), disjoint and ascending. Padding is
+// not applied here.
+FASTLSTM_ATTN_HD void attention_key_ranges(const AttentionPattern& p, int64_t i, int64_t Tk, int64_t* a0,
+                                           int64_t* a1, int64_t* b0, int64_t* b1) {
+  int64_t lo = p.left < 0 ? 0 : i - p.left;
+  int64_t hi = p.right < 0 ? Tk : i + p.right + 1;
+  if (i < p.global_tokens) lo = 0, hi = Tk;
+  lo = lo < 0 ? 0 : lo;
+  hi = hi > Tk ? Tk : hi;
+  if (hi < lo) hi = lo;
+  const int64_t g = p.global_tokens < Tk ? p.global_tokens : Tk;
+  *a0 = 0;
+  if (g >= lo) {  // the global prefix touches or overlaps the window: one range
+    *a1 = 0, *b0 = 0, *b1 = hi > g ? hi : g;
+  } else {
+    *a1 = g, *b0 = lo, *b1 = hi;
+  }
+}
+
+// Queries that may attend key j (the transpose of attention_key_ranges), same form.
+FASTLSTM_ATTN_HD void attention_query_ranges(const AttentionPattern& p, int64_t j, int64_t Tq, int64_t* a0,
+                                             int64_t* a1, int64_t* b0, int64_t* b1) {
+  int64_t lo = p.right < 0 ? 0 : j - p.right;
+  int64_t hi = p.left < 0 ? Tq : j + p.left + 1;
+  if (j < p.global_tokens) lo = 0, hi = Tq;
+  lo = lo < 0 ? 0 : lo;
+  hi = hi > Tq ? Tq : hi;
+  if (hi < lo) hi = lo;
+  const int64_t g = p.global_tokens < Tq ? p.global_tokens : Tq;
+  *a0 = 0;
+  if (g >= lo) {
+    *a1 = 0, *b0 = 0, *b1 = hi > g ? hi : g;
+  } else {
+    *a1 = g, *b0 = lo, *b1 = hi;
+  }
+}
+
+}  // namespace fastlstm

@@ -1,0 +1,218 @@
+"""Sparse (sliding-window + global-token) attention: the
+``fastlstm::sparse_attention`` custom op (with its backward op, fake kernels
+and autograd) and :func:`sparse_attention`, the public entry that picks a
+backend.
+
+Layouts follow ``scaled_dot_product_attention``: q (B, H, Tq, D), k (B, H, Tk, D),
+v (B, H, Tk, Dv). The pattern is documented in :mod:`fastlstm.reference.attention`;
+a query with no allowed key (all its keys padded) gets output 0 and
+log-sum-exp ``-inf``, where torch's masked softmax would give NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastlstm import _backends, _ext
+from fastlstm.ops._alloc import empty
+from fastlstm.reference import attention as _reference
+from fastlstm.reference.attention import normalize_window
+
+# --------------------------------------------------------------------------
+# fastlstm::sparse_attention (CPU / CUDA kernels in fastlstm._C)
+# --------------------------------------------------------------------------
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _padding_buf(key_padding_mask: Tensor | None) -> Tensor | None:
+    # torch.bool is one byte per element with 0/1 values: the kernels read it as uint8.
+    return None if key_padding_mask is None else key_padding_mask.contiguous()
+
+
+def _sizes(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, int, int, int, int, int]:
+    B, H, Tq, D = q.shape
+    return B, H, Tq, k.shape[2], D, v.shape[3]
+
+
+@torch.library.custom_op("fastlstm::sparse_attention", mutates_args=(), device_types=("cpu", "cuda"))
+def sparse_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    left: int,
+    right: int,
+    global_tokens: int,
+    scale: float,
+    key_padding_mask: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Fused sparse attention. ``left``/``right`` < 0 mean unbounded.
+
+    q: (B, H, Tq, D); k: (B, H, Tk, D); v: (B, H, Tk, Dv); key_padding_mask:
+    (B, Tk) bool (True = padding) or None. Returns output (B, H, Tq, Dv) and
+    log-sum-exp (B, H, Tq).
+
+    >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 64, 64, 0, 0.125, None)
+    """
+    B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    pad = _padding_buf(key_padding_mask)
+    out = empty(B, H, Tq, Dv, like=q)
+    lse = empty(B, H, Tq, like=q)
+    buf = _ext.buf
+    args = (_dtype_name(q), buf(q), buf(k), buf(v), buf(pad), buf(out), buf(lse),
+            B, H, Tq, Tk, D, Dv, left, right, global_tokens, scale)
+    if q.device.type == "cuda":
+        _ext._C.sparse_attention_fwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
+    else:
+        _ext._C.sparse_attention_fwd(*args, torch.get_num_threads())
+    return out, lse
+
+
+@sparse_attention_op.register_fake
+def _(q, k, v, left, right, global_tokens, scale, key_padding_mask):
+    B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq)
+
+
+@torch.library.custom_op("fastlstm::sparse_attention_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def sparse_attention_backward_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    left: int,
+    right: int,
+    global_tokens: int,
+    scale: float,
+    key_padding_mask: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of :func:`sparse_attention_op` given the output,
+    its log-sum-exp and the output gradient ``dout`` (B, H, Tq, Dv)."""
+    B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out, lse, dout = out.contiguous(), lse.contiguous(), dout.contiguous()
+    pad = _padding_buf(key_padding_mask)
+    dq = empty(B, H, Tq, D, like=q)
+    dk = empty(B, H, Tk, D, like=q)
+    dv = empty(B, H, Tk, Dv, like=q)
+    buf = _ext.buf
+    args = (_dtype_name(q), buf(q), buf(k), buf(v), buf(out), buf(lse), buf(dout), buf(pad),
+            buf(dq), buf(dk), buf(dv), B, H, Tq, Tk, D, Dv, left, right, global_tokens, scale)
+    if q.device.type == "cuda":
+        _ext._C.sparse_attention_bwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
+    else:
+        _ext._C.sparse_attention_bwd(*args, torch.get_num_threads())
+    return dq, dk, dv
+
+
+@sparse_attention_backward_op.register_fake
+def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, left, right, global_tokens, scale, key_padding_mask = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+    ctx.pattern = (left, right, global_tokens, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    left, right, global_tokens, scale = ctx.pattern
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.fastlstm.sparse_attention_backward(
+        q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask
+    )
+    return dq, dk, dv, None, None, None, None, None
+
+
+sparse_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------
+# Public entry
+# --------------------------------------------------------------------------
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, global_tokens: int, key_padding_mask: Tensor | None) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"sparse_attention: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"sparse_attention: {name} must be 4-D (B, heads, T, head_dim); got shape {tuple(t.shape)}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"sparse_attention: {name} must be floating point, got {t.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"sparse_attention: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError("sparse_attention: q, k, v must be on the same device")
+    if k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2]:
+        raise ValueError(
+            f"sparse_attention: q, k, v must share (B, heads); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape[3] != q.shape[3]:
+        raise ValueError(f"sparse_attention: k head_dim {k.shape[3]} != q head_dim {q.shape[3]}")
+    if v.shape[2] != k.shape[2]:
+        raise ValueError(f"sparse_attention: v has {v.shape[2]} keys, k has {k.shape[2]}")
+    if not isinstance(global_tokens, int) or isinstance(global_tokens, bool) or global_tokens < 0:
+        raise ValueError(f"sparse_attention: global_tokens must be an int >= 0; got {global_tokens!r}")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+            raise TypeError("sparse_attention: key_padding_mask must be a bool Tensor (True = padding)")
+        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
+            raise ValueError(
+                f"sparse_attention: key_padding_mask must have shape (B, Tk) = {(k.shape[0], k.shape[2])}; "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
+        if key_padding_mask.device != q.device:
+            raise ValueError("sparse_attention: key_padding_mask must be on the same device as q")
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window,
+    global_tokens: int = 0,
+    scale: float | None = None,
+    key_padding_mask: Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sliding-window attention with optional global tokens, never forming Tq x Tk.
+
+    q: (B, H, Tq, D); k: (B, H, Tk, D); v: (B, H, Tk, Dv), like
+    ``scaled_dot_product_attention``. Query ``i`` attends keys
+    ``i - left .. i + right`` (``window=(left, right)``; ``(w, 0)`` is causal,
+    an int ``w`` means ``(w, w)``, ``None`` is dense), plus the first
+    ``global_tokens`` positions, which also attend to every key.
+    ``key_padding_mask`` (B, Tk) bool marks padding keys with True. ``scale``
+    defaults to ``D ** -0.5``. Returns output (B, H, Tq, Dv) and the
+    log-sum-exp of the scaled scores (B, H, Tq; not differentiable). Rows with
+    no allowed key give output 0 and log-sum-exp ``-inf``.
+
+    >>> q = k = v = torch.randn(2, 4, 1440, 32)
+    >>> out, lse = sparse_attention(q, k, v, window=(64, 64))
+    """
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
+    window = normalize_window(window)
+    left, right = window if window is not None else (-1, -1)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    scale = float(scale)
+    name = _backends.resolve(backend, q.device, q.dtype)
+    if name == "reference":
+        return _reference.sparse_attention(q, k, v, window, global_tokens, scale, key_padding_mask)
+    if name == "triton":
+        from fastlstm.triton import attention as triton_attention
+
+        return triton_attention.sparse_attention(q, k, v, left, right, global_tokens, scale, key_padding_mask)
+    return torch.ops.fastlstm.sparse_attention(q, k, v, left, right, global_tokens, scale, key_padding_mask)
