@@ -104,8 +104,8 @@ def test_unavailable_backend_is_reported(tiny_ctx, monkeypatch):
 
 
 def test_int8_without_int8_path_is_not_available(tiny_ctx, monkeypatch):
-    for name in ("QuantizedLSTM", "quantize_dynamic"):
-        monkeypatch.delattr(fastlstm, name, raising=False)
+    for name in ("QuantizedLSTM", "quantize_dynamic"):  # as in a build without the int8 path
+        monkeypatch.setattr(fastlstm, name, None, raising=False)
     monkeypatch.setattr(peers, "missing_reason", lambda peer: "not installed (test)")
     cases = plan("int8", tiny_ctx)
     runner.run_plan(cases, tiny_ctx, None, progress=runner.Progress(0, tty=False))
@@ -130,3 +130,48 @@ def test_run_produces_valid_report(tiny_ctx, monkeypatch):
     assert result["machine"]["threads"] == 1 and torch.get_num_threads() == 1
     statuses = {m["impl"]: m["status"] for c in result["cases"] for m in c["measurements"]}
     assert statuses[peers.ORT_FP32] == "missing"
+
+
+def test_int8_suite_checks_then_times(tiny_ctx, monkeypatch):
+    if getattr(fastlstm, "QuantizedLSTM", None) is None:
+        pytest.skip("this build has no int8 path")
+    monkeypatch.setattr(peers, "missing_reason", lambda peer: "not installed (test)")
+    cases = plan("int8", tiny_ctx)
+    runner.run_plan(cases, tiny_ctx, None, progress=runner.Progress(0, tty=False))
+    m = _by_impl(cases[0])["fastlstm-int8:cpu"]
+    assert m.status == core.OK, m.note
+    assert m.max_error <= m.tolerance
+
+
+def test_attention_suite_checks_then_times(tiny_ctx, monkeypatch):
+    from fastlstm.bench.suites import attention
+
+    if getattr(fastlstm.ops, "sparse_attention", None) is None:
+        pytest.skip("this build has no sparse attention")
+    monkeypatch.setattr(attention, "ATTENTION_T_QUICK", (70,))
+    cases = plan("attention", tiny_ctx)
+    runner.run_plan(cases, tiny_ctx, None, progress=runner.Progress(0, tty=False))
+    assert [c.key for c in cases] == ["attention/op T=70 B=1/forward", "attention/module T=70 B=1/forward",
+                                      "attention/op T=70 B=1/forward+backward",
+                                      "attention/module T=70 B=1/forward+backward"]
+    for c in cases:
+        for m in c.measurements:
+            assert m.status == core.OK, (c.key, m.impl, m.note)
+            if m.ours:
+                assert m.max_error <= 1e-4
+
+
+def test_blockwise_reference_matches_dense():
+    from fastlstm.bench.suites import attention
+
+    if not hasattr(fastlstm.reference, "sparse_attention"):
+        pytest.skip("this build has no sparse attention reference")
+    q, k, v = (torch.randn(1, 2, 600, 8, dtype=torch.float64) for _ in range(3))
+    dense, _ = fastlstm.reference.sparse_attention(q, k, v, (64, 64))
+    w = torch.randn_like(dense)
+    blocks, dq, dk, dv = attention.blockwise_reference(q, k, v, (64, 64), backward_of=w)
+    torch.testing.assert_close(blocks, dense)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    want = torch.autograd.grad((fastlstm.reference.sparse_attention(*leaves, (64, 64))[0] * w).sum(), leaves)
+    for got, expected in zip((dq, dk, dv), want):
+        torch.testing.assert_close(got, expected)
