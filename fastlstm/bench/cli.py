@@ -79,6 +79,12 @@ def _suites(only: list[str] | None) -> list[str]:
     return chosen
 
 
+def _have_rich() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
+
+
 def _command(args: argparse.Namespace) -> str:
     """The options that decide what was measured, as a command line (for the README table)."""
     parts = ["fastlstm bench"]
@@ -131,8 +137,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.suite == "quick",
     )
     chosen = _suites(args.only)
-    plain = args.plain or not sys.stdout.isatty()
-    result = runner.run(ctx, chosen, suites.plan, tty=False if args.plain else None)
+    plain = args.plain or not sys.stdout.isatty() or not _have_rich()
+    result = runner.run(ctx, chosen, suites.plan, tty=False if plain else None)
     result["command"] = _command(args)
     report.validate(result)
     report.print_report(result, plain=plain)
