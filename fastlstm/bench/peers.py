@@ -35,12 +35,21 @@ def missing_reason(peer: str) -> str | None:
 def export_onnx(model, args: tuple, path: Path, input_names: list[str]) -> Path:
     """Export a torch model with the TorchScript exporter (``dynamo=False``: it
     needs no network and maps nn.LSTM to ONNX's LSTM operator, which is what
-    ONNX Runtime users get); opset 17."""
+    ONNX Runtime users get); opset 17. The model is called with ``args`` only
+    (a wrapper hides keyword-only or optional forward arguments from the tracer)."""
     import torch
+
+    class Positional(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs):
+            return self.inner(*inputs)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(Positional(model).eval(), args, str(path), dynamo=False, opset_version=17,
                           input_names=input_names, do_constant_folding=True)
     return path
 

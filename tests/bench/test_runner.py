@@ -175,3 +175,14 @@ def test_blockwise_reference_matches_dense():
     want = torch.autograd.grad((fastlstm.reference.sparse_attention(*leaves, (64, 64))[0] * w).sum(), leaves)
     for got, expected in zip((dq, dk, dv), want):
         torch.testing.assert_close(got, expected)
+
+
+def test_error_rule_check_reports_the_worst_tensor():
+    from fastlstm.bench.suites.lstm import error_rule_check
+
+    ref = [torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]
+    peer = [torch.full((3,), 1e-5), torch.full((3,), 1e-5)]
+    good = error_rule_check([torch.full((3,), 1e-5), torch.full((3,), 5e-6)], peer, ref)
+    assert good.passed and good.error == pytest.approx(1e-5) and good.tolerance == pytest.approx(2.001e-5)
+    bad = error_rule_check([torch.full((3,), 1e-6), torch.full((3,), 1e-3)], peer, ref)
+    assert bad.passed is False and bad.error == pytest.approx(1e-3)
