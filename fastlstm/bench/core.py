@@ -98,6 +98,34 @@ def measure(fn: Callable[[], Any], method: Method, sync: Callable[[], None] | No
     return Timing(statistics.median(times), min(times), max(times), len(times), elapsed)
 
 
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_growth(fn: Callable[[], Any]) -> float | None:
+    """MiB by which this process's peak resident memory rises above its current
+    resident memory during one call of ``fn`` (Linux: the peak is reset through
+    /proc/self/clear_refs first); None where that is not available."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    fn()
+    peak = _status_kib("VmHWM")
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) / 1024
+
+
 @dataclass
 class Check:
     """Result of a correctness check. ``passed`` is None for peers (information only)."""
@@ -121,6 +149,7 @@ class Prepared:
     check: Callable[[], Check] | None = None
     sync: Callable[[], None] | None = None
     deferred: dict | None = None
+    measure_memory: bool = False
     extra: dict = field(default_factory=dict)
 
 

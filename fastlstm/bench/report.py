@@ -144,6 +144,8 @@ def rows(report: dict) -> list[dict]:
                 "gflops": f"{m['gflops']:.1f}" if m.get("gflops") else "-",
                 "peak": f"{100 * m['peak_fraction']:.0f}%" if m.get("peak_fraction") else "-",
                 "error": _err(m["max_error"]),
+                "mem": (f"{m['extra']['peak_rss_mib']:.0f}" if (m.get("extra") or {}).get("peak_rss_mib")
+                        is not None else "-"),
                 "speedup": "" if m["ours"] else (f"{sp:.2f}x" if sp else "-"),
                 "status": status_text(m),
                 "ours": m["ours"],
@@ -153,7 +155,7 @@ def rows(report: dict) -> list[dict]:
 
 COLUMNS = [("case", "shape"), ("mode", "mode"), ("impl", "implementation"), ("median", "median ms"),
            ("range", "min-max ms"), ("gflops", "GFLOP/s"), ("peak", "% sgemm"), ("error", "max err"),
-           ("speedup", "fastlstm speedup"), ("status", "status")]
+           ("mem", "peak MiB"), ("speedup", "fastlstm speedup"), ("status", "status")]
 
 
 def header_lines(report: dict) -> list[str]:
@@ -190,7 +192,7 @@ def print_report(report: dict, console=None, plain: bool = False) -> None:
         for suite in report["suites"]:
             table = Table(title=f"suite: {suite}", show_lines=False)
             for key, title in COLUMNS:
-                table.add_column(title, justify="right" if key in ("median", "gflops", "peak", "speedup") else "left",
+                table.add_column(title, justify="right" if key in ("median", "gflops", "peak", "mem", "speedup") else "left",
                                  overflow="fold")
             suite_cases = [c for c in report["cases"] if c["suite"] == suite]
             suite_rows = rows({**report, "cases": suite_cases})

@@ -122,6 +122,8 @@ def run_impl(case: Case, impl: core.Impl, ctx: Context, deferred: list) -> Measu
             m.status = core.FAIL
             return m
     try:
+        if prepared.measure_memory and ctx.device == "cpu":
+            m.extra["peak_rss_mib"] = core.peak_rss_growth(prepared.fn)
         timing = core.measure(prepared.fn, ctx.method, prepared.sync)
     except Exception as exc:
         m.status, m.note = core.ERROR, "while timing: " + _short(exc)

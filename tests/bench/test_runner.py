@@ -157,6 +157,7 @@ def test_attention_suite_checks_then_times(tiny_ctx, monkeypatch):
     for c in cases:
         for m in c.measurements:
             assert m.status == core.OK, (c.key, m.impl, m.note)
+            assert m.extra["peak_rss_mib"] >= 0
             if m.ours:
                 assert m.max_error <= 1e-4
 
@@ -186,3 +187,10 @@ def test_error_rule_check_reports_the_worst_tensor():
     assert good.passed and good.error == pytest.approx(1e-5, rel=1e-6) and good.tolerance == pytest.approx(2.1e-5, rel=1e-6)
     bad = error_rule_check([torch.full((3,), 1e-6), torch.full((3,), 1e-3)], peer, ref)
     assert bad.passed is False and bad.error == pytest.approx(1e-3)
+
+
+def test_peak_rss_growth_sees_a_large_allocation():
+    if core.peak_rss_growth(lambda: None) is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    grown = core.peak_rss_growth(lambda: torch.ones(64 << 20, dtype=torch.uint8))  # 64 MiB, touched, then freed
+    assert 48 <= grown <= 200

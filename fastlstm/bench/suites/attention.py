@@ -2,6 +2,9 @@
 T in {288, 1440, 8192}, batch 1 and 16 (quick suite: T 288 and 1440, batch 1);
 forward and forward + backward (of a sum loss).
 
+Peak memory: how far the process's peak resident memory rises during one
+call (``peak_rss_mib``; Linux only).
+
 Two levels, each against the dense way of getting the same answer:
 
 * op: ``fastlstm.ops.sparse_attention`` against
@@ -160,7 +163,7 @@ def _op_impl(ctx, B, T, backward) -> Impl:
             ref = blockwise_reference(q, k, v, ATTENTION_WINDOW, backward_of=torch.ones_like(out))
             return _parity(zip([out.detach(), *grads], ref))
 
-        return Prepared(fn=_timed(forward, (q, k, v), backward), check=check, sync=ctx.sync())
+        return Prepared(fn=_timed(forward, (q, k, v), backward), check=check, sync=ctx.sync(), measure_memory=True)
 
     return Impl("fastlstm.ops.sparse_attention", True, build)
 
@@ -174,7 +177,7 @@ def _sdpa_impl(ctx, B, T, backward) -> Impl:
         def forward(q=inp.q, k=inp.k, v=inp.v):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-        return Prepared(fn=_timed(forward, (inp.q, inp.k, inp.v), backward), sync=ctx.sync())
+        return Prepared(fn=_timed(forward, (inp.q, inp.k, inp.v), backward), sync=ctx.sync(), measure_memory=True)
 
     return Impl("torch sdpa (masked)", False, build)
 
@@ -220,7 +223,7 @@ def _module_impl(ctx, B, T, backward, ours: bool) -> Impl:
                 x = _inputs(ctx, B, T).x if x is None else x
                 return mha(x, x, x, attn_mask=not_allowed, need_weights=False)[0]
 
-            return Prepared(fn=_timed(forward, (_inputs(ctx, B, T).x,), backward), sync=ctx.sync())
+            return Prepared(fn=_timed(forward, (_inputs(ctx, B, T).x,), backward), sync=ctx.sync(), measure_memory=True)
         fast, mha = _module_pair(ctx)
         x = _inputs(ctx, B, T).x
 
@@ -231,7 +234,7 @@ def _module_impl(ctx, B, T, backward, ours: bool) -> Impl:
             with torch.no_grad():
                 return _parity([(forward_fast(), module_reference(mha, x))])
 
-        return Prepared(fn=_timed(forward_fast, (x,), backward), check=check, sync=ctx.sync())
+        return Prepared(fn=_timed(forward_fast, (x,), backward), check=check, sync=ctx.sync(), measure_memory=True)
 
     return Impl("fastlstm.SparseAttention" if ours else "nn.MultiheadAttention (masked)", ours, build)
 
