@@ -52,8 +52,9 @@ def dense_bytes(B: int, T: int, heads: int, backward: bool) -> int:
     return B * heads * T * T * 4 * (6 if backward else 3)
 
 
-def _require_dense_fits(B: int, T: int, backward: bool) -> None:
-    need, have = dense_bytes(B, T, ATTENTION_HEADS, backward), _available_bytes()
+def _require_dense_fits(B: int, T: int, backward: bool, device: str = "cpu") -> None:
+    have = torch.cuda.mem_get_info()[0] if device == "cuda" else _available_bytes()
+    need = dense_bytes(B, T, ATTENTION_HEADS, backward)
     if need > have // 2:
         raise core.Skipped(f"dense T x T attention needs ~{need / 2**30:.1f} GiB; "
                            f"{have / 2**30:.1f} GiB free")
@@ -79,7 +80,7 @@ def blockwise_reference(q, k, v, window, backward_of=None):
     left, right = window
     T = q.shape[-2]
     q64, k64, v64 = (t.detach().double().requires_grad_(backward_of is not None) for t in (q, k, v))
-    out = torch.empty(q64.shape, dtype=torch.float64)
+    out = torch.empty(q64.shape, dtype=torch.float64, device=q.device)
     for s in range(0, T, BLOCK):
         e = min(T, s + BLOCK)
         ks, ke = max(0, s - left), min(T, e + right)
@@ -170,7 +171,7 @@ def _op_impl(ctx, B, T, backward) -> Impl:
 
 def _sdpa_impl(ctx, B, T, backward) -> Impl:
     def build() -> Prepared:
-        _require_dense_fits(B, T, backward)
+        _require_dense_fits(B, T, backward, ctx.device)
         inp = _inputs(ctx, B, T)
         mask = _mask(T, ctx.device)
 
@@ -211,7 +212,7 @@ def module_reference(mha: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tenso
 def _module_impl(ctx, B, T, backward, ours: bool) -> Impl:
     def build() -> Prepared:
         if not ours:
-            _require_dense_fits(B, T, backward)
+            _require_dense_fits(B, T, backward, ctx.device)
             try:
                 mha = _module_pair(ctx)[1]
             except core.Unavailable:

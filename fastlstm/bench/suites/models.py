@@ -75,7 +75,13 @@ class _Productivity:
         return self._truth
 
 
+def _cpu_only(ctx) -> None:
+    if ctx.device != "cpu":
+        raise core.Skipped("the model suites run on CPU only")
+
+
 def _prod_state(ctx, T) -> _Productivity:
+    _cpu_only(ctx)
     key = ("productivity", T)
     if key not in ctx.cache:
         ctx.cache[key] = _Productivity(T)
@@ -233,6 +239,7 @@ def _torch_twin(encoder):
 
 
 def _chat_state(ctx):
+    _cpu_only(ctx)
     if "chat" not in ctx.cache:
         cls = _models_module("LSTMEncoder")
         torch.manual_seed(5)
