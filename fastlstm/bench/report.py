@@ -89,14 +89,23 @@ def fastest(case: dict) -> tuple[dict, dict | None] | None:
     return ranked[0], (ranked[1] if len(ranked) > 1 else None)
 
 
-def ours(case: dict) -> dict | None:
-    """The first timed fastlstm measurement of a case."""
-    return next((m for m in timed(case) if m["ours"]), None)
+def _is_int8(m: dict) -> bool:
+    return "int8" in m["impl"]
+
+
+def ours(case: dict, peer: dict | None = None) -> dict | None:
+    """The fastlstm measurement a peer is compared with: the first timed one of
+    the same precision (int8 peers against fastlstm int8 when a case has both)."""
+    mine = [m for m in timed(case) if m["ours"]]
+    if peer is not None:
+        same = [m for m in mine if _is_int8(m) == _is_int8(peer)]
+        mine = same or mine
+    return mine[0] if mine else None
 
 
 def speedup(case: dict, peer: dict) -> float | None:
     """peer time / fastlstm time (> 1: fastlstm is faster), or None."""
-    mine = ours(case)
+    mine = ours(case, peer)
     if mine is None or peer["status"] != core.OK or not peer["median_s"]:
         return None
     return peer["median_s"] / mine["median_s"]

@@ -99,3 +99,11 @@ def test_plot_writes_png(tmp_path, fake):
     report.plot(fake.report([fake.case("S1", 0.002, 0.005), fake.case("S2", None, 0.004, fast_status="FAIL")]),
                 path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_peers_compare_with_fastlstm_int8(fake):
+    c = fake.case("T", fast=0.010, peer=0.020)
+    c["measurements"] += [fake.meas("fastlstm int8", True, t=0.004), fake.meas("torch-int8", False, t=0.012)]
+    by = {m["impl"]: m for m in c["measurements"]}
+    assert report.speedup(c, by["torch"]) == pytest.approx(2.0)
+    assert report.speedup(c, by["torch-int8"]) == pytest.approx(3.0)
