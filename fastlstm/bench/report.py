@@ -176,7 +176,8 @@ def header_lines(report: dict) -> list[str]:
         f"sgemm peak: {s['peak_gflops']:.1f} GFLOP/s (torch.mm {s['size']}x{s['size']} fp32, best of "
         f"{s['calls']}; median {s['median_gflops']:.1f})",
         f"method: {report['method']['description']}",
-        "fastlstm speedup = that implementation's median time / fastlstm's (above 1: fastlstm is faster)",
+        "fastlstm speedup = that implementation's median time / fastlstm's (above 1: fastlstm is faster; "
+        "int8 peers against fastlstm's int8 row)",
     ]
 
 
