@@ -240,29 +240,28 @@ def markdown(report: dict) -> str:
         "",
     ]
     for suite in report["suites"]:
-        cases = [c for c in report["cases"] if c["suite"] == suite]
-        impls: list[str] = []
-        for c in cases:
-            for meas in c["measurements"]:
-                if meas["impl"] not in impls:
-                    impls.append(meas["impl"])
-        peers_ = [i for i in impls if not any(mm["ours"] for c in cases for mm in c["measurements"]
-                                               if mm["impl"] == i)]
-        head = ["case", "mode", *[f"{i} ms" for i in impls], *[f"vs {p}" for p in peers_], "fastest"]
-        out += [f"**{suite}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for c in cases:
-            by = {mm["impl"]: mm for mm in c["measurements"]}
-            cells = [c["name"], c["mode"]]
-            for i in impls:
-                mm = by.get(i)
-                cells.append("" if mm is None else (_ms(mm["median_s"]) if mm["status"] == core.OK
-                                                    else mm["status"]))
-            for p in peers_:
-                sp = speedup(c, by[p]) if p in by else None
-                cells.append(f"{sp:.2f}x" if sp else "-")
-            cells.append(verdict(c))
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
+        # one table per set of implementations (e.g. attention's op and module levels)
+        groups: dict[tuple, list[dict]] = {}
+        for c in report["cases"]:
+            if c["suite"] == suite:
+                groups.setdefault(tuple(m["impl"] for m in c["measurements"]), []).append(c)
+        for impls, cases in groups.items():
+            ours_names = {m["impl"] for c in cases for m in c["measurements"] if m["ours"]}
+            peers_ = [i for i in impls if i not in ours_names]
+            head = ["case", "mode", *[f"{i} ms" for i in impls], *[f"vs {p}" for p in peers_], "fastest"]
+            out += [f"**{suite}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for c in cases:
+                by = {mm["impl"]: mm for mm in c["measurements"]}
+                cells = [c["name"], c["mode"]]
+                for i in impls:
+                    mm = by[i]
+                    cells.append(_ms(mm["median_s"]) if mm["status"] == core.OK else mm["status"])
+                for p in peers_:
+                    sp = speedup(c, by[p])
+                    cells.append(f"{sp:.2f}x" if sp else "-")
+                cells.append(verdict(c))
+                out.append("| " + " | ".join(cells) + " |")
+            out.append("")
     return "\n".join(out)
 
 
