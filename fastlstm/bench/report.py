@@ -333,22 +333,32 @@ def plot(report: dict, path: str | Path) -> None:
             for m in c["measurements"]:
                 if not m["ours"] and m["impl"] not in peer_names:
                     peer_names.append(m["impl"])
-        width = 0.8 / max(1, len(peer_names))
         labels = [f"{c['name']}\n{c['mode']}" for c in cases]
-        for k, peer in enumerate(peer_names):
-            values = []
-            for c in cases:
-                m = next((m for m in c["measurements"] if m["impl"] == peer), None)
-                values.append((m and speedup(c, m)) or float("nan"))
-            xs = [i + (k - (len(peer_names) - 1) / 2) * width for i in range(len(cases))]
-            ax.bar(xs, values, width, label=f"vs {peer}")
+        colors = {peer: f"C{k}" for k, peer in enumerate(peer_names)}
+        labelled = set()
+        for i, c in enumerate(cases):
+            present = [m for m in c["measurements"] if not m["ours"]]
+            width = 0.8 / max(1, len(present))
+            for k, m in enumerate(present):
+                value = speedup(c, m)
+                x = i + (k - (len(present) - 1) / 2) * width
+                label = None if m["impl"] in labelled else f"vs {m['impl']}"
+                labelled.add(m["impl"])
+                if value:
+                    ax.bar(x, value, width, color=colors[m["impl"]], label=label)
+                else:  # not timed (failed, missing, skipped): a mark, not a gap
+                    what = f"{m['impl']}: {m['status']}" if m["status"] != core.OK else "fastlstm not timed"
+                    ax.text(x, 1.0, what, rotation=90, fontsize=6, ha="center", va="bottom",
+                            color=colors[m["impl"]])
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(labels, fontsize=7)
         ax.set_ylabel("fastlstm speedup")
         ax.set_title(f"{suite}: peer time / fastlstm time (above 1 = fastlstm faster)", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_xlim(-0.5, len(cases) - 0.5)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     m = report["machine"]
     fig.suptitle(f"fastlstm bench, {m['cpu_model']}, {m['threads']} threads, {report['created'][:10]}",
                  fontsize=10)
