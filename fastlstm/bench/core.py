@@ -54,7 +54,8 @@ class Method:
     max_calls: int = 100_000
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.warmup_calls} warm-up calls, then at least {self.min_calls} timed calls "
+        return (f"{self.name}: {self.warmup_calls} warm-up call(s) (a correctness check counts as one), "
+                f"then at least {self.min_calls} timed calls "
                 f"and at least {self.min_time:g} s per cell; median with min-max")
 
 
