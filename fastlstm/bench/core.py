@@ -110,6 +110,26 @@ def _status_kib(field_name: str) -> int | None:
     return None
 
 
+def return_large_blocks_to_os() -> bool:
+    """Make glibc serve every allocation of 256 KiB or more with its own mapping,
+    returned to the OS on free, so resident memory follows the live tensors
+    (its default keeps freed blocks up to 32 MiB for reuse, which hides them
+    from RSS). Changes how later allocations cost, so it is only called after
+    all timing is done. False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 256 * 1024) == 1 and mallopt(M_TRIM_THRESHOLD, 256 * 1024) == 1
+    libc.malloc_trim(0)
+    return ok
+
+
 def peak_rss_growth(fn: Callable[[], Any]) -> float | None:
     """MiB by which this process's peak resident memory rises above its current
     resident memory during one call of ``fn`` (Linux: the peak is reset through

@@ -34,6 +34,7 @@ class Context:
     sgemm_size: int | None = None  # default: 1024 (quick) or 2048 (full)
     cache: dict = field(default_factory=dict)
     exports: dict = field(default_factory=dict)
+    memory_probes: list = field(default_factory=list)  # (measurement, call), run after all timing
 
     def sync(self) -> Callable[[], None] | None:
         if self.device == "cuda":
@@ -124,7 +125,7 @@ def run_impl(case: Case, impl: core.Impl, ctx: Context, deferred: list) -> Measu
             return m
     try:
         if prepared.measure_memory and ctx.device == "cpu":
-            m.extra["peak_rss_mib"] = core.peak_rss_growth(prepared.fn)
+            ctx.memory_probes.append((m, prepared.fn))
         method = ctx.method
         if prepared.check is not None and method.warmup_calls > 0:
             # the check ran the same work once: it is the first warm-up call
@@ -166,6 +167,23 @@ def _run_deferred(deferred: list, ctx: Context, progress: Progress) -> None:
                 except Exception as exc:
                     m.note = "error check raised " + _short(exc)
         progress.finish(f"{case.key} {m.impl}", m)
+
+
+def run_memory_probes(ctx: Context, progress: Progress | None = None) -> None:
+    """Peak memory of the cells that asked for it, one call each, after all timing
+    (see core.return_large_blocks_to_os for why it must come last)."""
+    if not ctx.memory_probes:
+        return
+    if progress is not None:
+        progress.start(f"peak memory ({len(ctx.memory_probes)} cells)")
+    exact = core.return_large_blocks_to_os()
+    for m, fn in ctx.memory_probes:
+        try:
+            m.extra["peak_rss_mib"] = core.peak_rss_growth(fn)
+            m.extra["peak_rss_exact"] = exact
+        except Exception as exc:
+            m.extra["peak_rss_error"] = _short(exc)
+    ctx.memory_probes.clear()
 
 
 def run_plan(cases: list[Case], ctx: Context, peak_gflops: float | None, progress: Progress | None = None) -> None:
@@ -226,6 +244,7 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
             for suite, cases in plans:
                 run_plan(cases, ctx, sgemm["peak_gflops"], progress)
                 ctx.cache.clear()
+            run_memory_probes(ctx, progress)
         finally:
             progress.close()
     finally:

@@ -151,6 +151,7 @@ def test_attention_suite_checks_then_times(tiny_ctx, monkeypatch):
     monkeypatch.setattr(attention, "ATTENTION_T_QUICK", (70,))
     cases = plan("attention", tiny_ctx)
     runner.run_plan(cases, tiny_ctx, None, progress=runner.Progress(0, tty=False))
+    runner.run_memory_probes(tiny_ctx)
     assert [c.key for c in cases] == ["attention/op T=70 B=1/forward", "attention/module T=70 B=1/forward",
                                       "attention/op T=70 B=1/forward+backward",
                                       "attention/module T=70 B=1/forward+backward"]
