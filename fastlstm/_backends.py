@@ -34,6 +34,9 @@ _DTYPES = {
     "triton": (torch.float32, torch.float16, torch.bfloat16),
 }
 
+# Backends without LSTM projections (proj_size > 0); `auto` skips them for such calls.
+_NO_PROJ = ("triton",)
+
 _default: str | None = None
 
 
@@ -61,10 +64,12 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why ``backend`` cannot run on ``device``/``dtype``, or None when it can."""
+def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype, *, proj: bool = False) -> str | None:
+    """Why ``backend`` cannot run on ``device``/``dtype`` (with a projection when ``proj``), or None when it can."""
     if backend == "reference":
         return None
+    if proj and backend in _NO_PROJ:
+        return "it does not support proj_size > 0"
     if dtype not in _DTYPES[backend]:
         return f"it does not support {dtype}"
     if backend == "cpu":
@@ -89,15 +94,20 @@ def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) -
     raise AssertionError(backend)
 
 
-def resolve(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend to run: ``requested`` (or the default) with ``auto`` resolved."""
+def resolve(requested: str | None, device: torch.device, dtype: torch.dtype, *, proj: bool = False) -> str:
+    """The concrete backend to run: ``requested`` (or the default) with ``auto`` resolved.
+
+    ``proj``: the call uses an LSTM projection (``proj_size > 0``).
+    On CUDA, ``auto`` prefers the ``cuda`` backend (which itself picks a
+    persistent or per-step launch by shape), then ``triton``.
+    """
     name = _check_name(requested) if requested is not None else get_backend()
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
-            if unavailable_reason(candidate, device, dtype) is None:
+            if unavailable_reason(candidate, device, dtype, proj=proj) is None:
                 return candidate
         return "reference"
-    reason = unavailable_reason(name, device, dtype)
+    reason = unavailable_reason(name, device, dtype, proj=proj)
     if reason is not None:
         raise RuntimeError(f"fastlstm backend {name!r} cannot run here: {reason}")
     return name

@@ -11,6 +11,9 @@ namespace binding {
 void bind_lstm(py::module_& m);
 void bind_int8(py::module_& m);
 void bind_attention(py::module_& m);
+#ifdef FASTLSTM_WITH_CUDA
+void bind_cuda_lstm(py::module_& m);
+#endif
 }  // namespace binding
 }  // namespace fastlstm
 
@@ -39,4 +42,7 @@ PYBIND11_MODULE(_C, m) {
   binding::bind_lstm(m);
   binding::bind_int8(m);
   binding::bind_attention(m);
+#ifdef FASTLSTM_WITH_CUDA
+  binding::bind_cuda_lstm(m);
+#endif
 }
