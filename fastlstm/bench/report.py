@@ -176,9 +176,19 @@ def header_lines(report: dict) -> list[str]:
         f"sgemm peak: {s['peak_gflops']:.1f} GFLOP/s (torch.mm {s['size']}x{s['size']} fp32, best of "
         f"{s['calls']}; median {s['median_gflops']:.1f})",
         f"method: {report['method']['description']}",
+        *_load_line(m),
         "fastlstm speedup = that implementation's median time / fastlstm's (above 1: fastlstm is faster; "
         "int8 peers against fastlstm's int8 row)",
     ]
+
+
+def _load_line(machine: dict) -> list[str]:
+    load, cpus = machine.get("load_average"), machine.get("cpu_count")
+    if not load or not cpus:
+        return []
+    busy = load[0] > 0.75 * cpus
+    return [f"load average at the start: {load[0]:.1f} on {cpus} CPUs"
+            + (" -- the machine was busy, so times are noisy and slower than this machine can do" if busy else "")]
 
 
 def print_report(report: dict, console=None, plain: bool = False) -> None:
