@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import sys
 import tempfile
 import time
@@ -224,6 +225,7 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
 
     torch.set_num_threads(ctx.threads)
     started = time.perf_counter()
+    machine = core.machine_info(ctx.threads, ctx.device)
     own_tmp = None
     if ctx.workdir is None:
         own_tmp = tempfile.TemporaryDirectory(prefix="fastlstm-bench-")
@@ -254,7 +256,7 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": core.machine_info(ctx.threads, ctx.device),
+        "machine": {**machine, "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "method": {**ctx.method.__dict__, "description": ctx.method.describe(),
                    "timer": "time.perf_counter per call", "flops": "see fastlstm/bench/shapes.py"},
         "suites": suites,
