@@ -28,21 +28,25 @@ _TORCH_API = {
 }
 
 
-def _load_torch_api() -> None:
+def _load(name: str):
+    # One name at a time: submodules import `from fastlstm import reference` while
+    # fastlstm.nn is still initialising, so loading everything here would be circular.
     import importlib
 
-    for name, module in _TORCH_API.items():
-        if module is None:
-            globals()[name] = importlib.import_module(f"fastlstm.{name}")
-        else:
-            value = getattr(importlib.import_module(module), name)
-            globals()[name] = value
+    module = _TORCH_API[name]
+    value = importlib.import_module(f"fastlstm.{name}") if module is None else getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def _load_torch_api() -> None:
+    for name in _TORCH_API:
+        _load(name)
 
 
 def __getattr__(name):
     if name in _TORCH_API:
-        _load_torch_api()
-        return globals()[name]
+        return _load(name)
     raise AttributeError(f"module 'fastlstm' has no attribute {name!r}")
 
 

@@ -2,8 +2,10 @@
 // provides the three hot pieces:
 //   K::kQmax, K::kRows                   activation range, max rows per tile
 //   K::quantize_row(x, K, Kp, qmax, q)   -> scale; writes Kp shifted u8 values
-//   K::template block<R>(q, ldq, Kp, w, acc)  raw u8 x s8 products of R rows with
-//                                        one 16-row block of packed weights
+//   K::blocks_for(R)                    weight blocks per tile for an R-row tile
+//   K::template block<R, NB>(q, ldq, Kp, w, acc)  raw u8 x s8 products of R rows
+//                                        with NB consecutive 16-row weight blocks:
+//                                        acc (R, NB*16)
 //   K::cell_rows(pre, c, h, H)           fp32 gate nonlinearities + cell update
 // Included by each ISA translation unit; everything has internal linkage so
 // differently-compiled copies never merge.
@@ -20,17 +22,54 @@ namespace fastlstm {
 namespace cpu {
 namespace {
 
-constexpr int64_t kInt8Chunk = 16;  // steps whose input projection is computed together
+constexpr int64_t kInt8Chunk = 16;  // at most this many steps' input projections computed together
+
+// Steps per input-projection chunk: keeps the chunk's gates (Tc, rows, G) fp32 within ~256 KiB (L2).
+inline int64_t i8_chunk(int64_t T, int64_t rows, int64_t G) {
+  const int64_t fit = (256 * 1024) / std::max<int64_t>(1, rows * G * 4);
+  return std::max<int64_t>(1, std::min<int64_t>({kInt8Chunk, fit, std::max<int64_t>(T, 1)}));
+}
 
 inline int64_t i8_time_at(int64_t s, int64_t d, int64_t T) { return d == 1 ? T - 1 - s : s; }
 inline int64_t i8_align(int64_t n) { return (n + 63) / 64 * 64; }
 
-template <class K, int R>
-inline void i8_block_upto(int rows, const uint8_t* q, int64_t ldq, int64_t Kp, const int8_t* w, int32_t* acc) {
-  if constexpr (R > 1) {
-    if (rows < R) return i8_block_upto<K, R - 1>(rows, q, ldq, Kp, w, acc);
+// Runs the R-row tile over all weight blocks, NB blocks at a time (independent
+// accumulator chains hide the dot-product latency when R is small), and hands
+// each finished (R, nbc*16) int32 tile to emit(nb, nbc, acc).
+template <class K, int R, class Emit>
+inline void i8_rows(const uint8_t* q, int64_t ldq, int64_t Kp, const int8_t* w, int64_t nb0, int64_t nblocks,
+                    Emit& emit) {
+  constexpr int NB = K::blocks_for(R);
+  alignas(64) int32_t acc[R * NB * 16];
+  int64_t nb = nb0;
+  for (; nb + NB <= nblocks; nb += NB) {
+    K::template block<R, NB>(q, ldq, Kp, w + nb * 16 * Kp, acc);
+    emit(nb, NB, acc);
   }
-  K::template block<R>(q, ldq, Kp, w, acc);
+  for (; nb < nblocks; ++nb) {
+    K::template block<R, 1>(q, ldq, Kp, w + nb * 16 * Kp, acc);
+    emit(nb, 1, acc);
+  }
+}
+
+template <class K, int R, class Emit>
+inline void i8_rows_upto(int rows, const uint8_t* q, int64_t ldq, int64_t Kp, const int8_t* w, int64_t nb0,
+                         int64_t nblocks, Emit& emit) {
+  if constexpr (R > 1) {
+    if (rows < R) return i8_rows_upto<K, R - 1>(rows, q, ldq, Kp, w, nb0, nblocks, emit);
+  }
+  i8_rows<K, R>(q, ldq, Kp, w, nb0, nblocks, emit);
+}
+
+template <bool kAdd, bool kBias>
+inline void i8_dequant(const int32_t* a, int64_t jn, int off, const int32_t* rowsum, float sx, const float* ws,
+                       const float* add, const float* bias, float* o) {
+  for (int64_t j = 0; j < jn; ++j) {
+    float v = static_cast<float>(a[j] - off * rowsum[j]) * (sx * ws[j]);
+    if (kAdd) v += add[j];
+    if (kBias) v += bias[j];
+    o[j] = v;
+  }
 }
 
 // out[r, n] = (sum_k u8[r,k] w[n,k] - off*rowsum[n]) * xs[r] * ws[n] (+ add[r, n]) (+ bias[n]).
@@ -39,32 +78,34 @@ void i8_linear(const uint8_t* q, int64_t ldq, const float* xs, int64_t rows, int
                const float* ws, const int32_t* rowsum, int64_t N, int off, const float* add, int64_t ldadd,
                const float* bias, float* out, int64_t ldout) {
   const int64_t nblocks = int8_round_up(N, 16) / 16;
-  alignas(64) int32_t acc[K::kRows * 16];
+  // Output-block groups outer, row tiles inner: a group's weights (<= 32 KiB)
+  // stay in L1 while every row uses them, so each weight byte leaves L2 once.
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(nblocks, (32 * 1024) / (16 * Kp)));
+  for (int64_t g0 = 0; g0 < nblocks; g0 += group)
   for (int64_t r0 = 0; r0 < rows; r0 += K::kRows) {
     const int R = static_cast<int>(std::min<int64_t>(K::kRows, rows - r0));
-    for (int64_t nb = 0; nb < nblocks; ++nb) {
-      i8_block_upto<K, K::kRows>(R, q + r0 * ldq, ldq, Kp, w + nb * 16 * Kp, acc);
-      const int64_t n0 = nb * 16, jn = std::min<int64_t>(16, N - n0);
+    auto emit = [&](int64_t nb, int nbc, const int32_t* acc) {
+      const int64_t n0 = nb * 16, jn = std::min<int64_t>(nbc * 16, N - n0);
       for (int r = 0; r < R; ++r) {
+        const int32_t* a = acc + r * nbc * 16;
         const float sx = xs[r0 + r];
         float* o = out + (r0 + r) * ldout + n0;
-        const int32_t* a = acc + r * 16;
         const float* ad = add ? add + (r0 + r) * ldadd + n0 : nullptr;
-        for (int64_t j = 0; j < jn; ++j) {
-          float v = static_cast<float>(a[j] - off * rowsum[n0 + j]) * (sx * ws[n0 + j]);
-          if (ad) v += ad[j];
-          if (bias) v += bias[n0 + j];
-          o[j] = v;
-        }
+        const float* bs = bias ? bias + n0 : nullptr;
+        if (ad && bs) i8_dequant<true, true>(a, jn, off, rowsum + n0, sx, ws + n0, ad, bs, o);
+        else if (ad) i8_dequant<true, false>(a, jn, off, rowsum + n0, sx, ws + n0, ad, bs, o);
+        else if (bs) i8_dequant<false, true>(a, jn, off, rowsum + n0, sx, ws + n0, ad, bs, o);
+        else i8_dequant<false, false>(a, jn, off, rowsum + n0, sx, ws + n0, ad, bs, o);
       }
-    }
+    };
+    i8_rows_upto<K, K::kRows>(R, q + r0 * ldq, ldq, Kp, w, g0, std::min(nblocks, g0 + group), emit);
   }
 }
 
 template <class K>
 int64_t i8_worker_scratch_bytes(const Int8LstmParams& p, int64_t rows) {
   const int64_t G = 4 * p.hidden, Ip = int8_round_up(p.input, 4), Pp = int8_round_up(p.proj, 4),
-                Hp = int8_round_up(p.hidden, 4), Tc = std::min<int64_t>(kInt8Chunk, std::max<int64_t>(p.seq_len, 1));
+                Hp = int8_round_up(p.hidden, 4), Tc = i8_chunk(p.seq_len, rows, G);
   return i8_align(Tc * rows * Ip) + i8_align(4 * Tc * rows) + i8_align(4 * Tc * rows * G) +
          i8_align(rows * Pp) + i8_align(4 * rows) + i8_align(4 * rows * G) + i8_align(4 * rows * p.hidden) +
          i8_align(rows * Hp) + i8_align(4 * rows) + i8_align(4 * rows * p.proj) + 64;
@@ -75,7 +116,7 @@ void i8_worker(const Int8LstmParams& p, const Int8Work& wk, unsigned char* scrat
   const int64_t T = p.seq_len, B = p.batch, D = p.directions, I = p.input, H = p.hidden, P = p.proj;
   const int64_t G = 4 * H, Ip = int8_round_up(I, 4), Pp = int8_round_up(P, 4), Hp = int8_round_up(H, 4);
   const int64_t d = wk.direction, b0 = wk.b0, Bs = wk.b1 - wk.b0;
-  const int64_t Tc = std::min<int64_t>(kInt8Chunk, std::max<int64_t>(T, 1));
+  const int64_t Tc = i8_chunk(T, Bs, G);
   const int off = K::kQmax + 1;
   const bool proj = p.w_hr != nullptr;
 
@@ -152,15 +193,14 @@ void i8_matmul_s32(const float* x, int64_t rows, int64_t Kd, const int8_t* w, co
   uint8_t* q = scratch;
   const int off = qmax + 1;
   for (int64_t r = 0; r < rows; ++r) xs[r] = K::quantize_row(x + r * Kd, Kd, Kp, qmax, q + r * Kp);
-  alignas(64) int32_t acc[K::kRows * 16];
   for (int64_t r0 = 0; r0 < rows; r0 += K::kRows) {
     const int R = static_cast<int>(std::min<int64_t>(K::kRows, rows - r0));
-    for (int64_t nb = 0; nb < nblocks; ++nb) {
-      i8_block_upto<K, K::kRows>(R, q + r0 * Kp, Kp, Kp, w + nb * 16 * Kp, acc);
+    auto emit = [&](int64_t nb, int nbc, const int32_t* acc) {
       for (int r = 0; r < R; ++r)
-        for (int64_t j = 0; j < 16 && nb * 16 + j < N; ++j)
-          out[(r0 + r) * N + nb * 16 + j] = acc[r * 16 + j] - off * rowsum[nb * 16 + j];
-    }
+        for (int64_t j = 0; j < nbc * 16 && nb * 16 + j < N; ++j)
+          out[(r0 + r) * N + nb * 16 + j] = acc[r * nbc * 16 + j] - off * rowsum[nb * 16 + j];
+    };
+    i8_rows_upto<K, K::kRows>(R, q + r0 * Kp, Kp, Kp, w, 0, nblocks, emit);
   }
 }
 

@@ -20,19 +20,22 @@ struct ScalarInt8 {
     return scale;
   }
 
-  template <int R>
+  static constexpr int blocks_for(int) { return 1; }
+
+  template <int R, int NB>
   static void block(const uint8_t* q, int64_t ldq, int64_t Kp, const int8_t* w, int32_t* acc) {
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < 16; ++j) acc[r * 16 + j] = 0;
-    for (int64_t k4 = 0; k4 < Kp / 4; ++k4) {
-      const int8_t* wk = w + k4 * 64;
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* a = q + r * ldq + k4 * 4;
-        for (int j = 0; j < 16; ++j)
-          acc[r * 16 + j] += int32_t(a[0]) * wk[j * 4] + int32_t(a[1]) * wk[j * 4 + 1] +
-                             int32_t(a[2]) * wk[j * 4 + 2] + int32_t(a[3]) * wk[j * 4 + 3];
+    for (int i = 0; i < R * NB * 16; ++i) acc[i] = 0;
+    for (int nb = 0; nb < NB; ++nb)
+      for (int64_t k4 = 0; k4 < Kp / 4; ++k4) {
+        const int8_t* wk = w + nb * 16 * Kp + k4 * 64;
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* a = q + r * ldq + k4 * 4;
+          int32_t* o = acc + r * NB * 16 + nb * 16;
+          for (int j = 0; j < 16; ++j)
+            o[j] += int32_t(a[0]) * wk[j * 4] + int32_t(a[1]) * wk[j * 4 + 1] + int32_t(a[2]) * wk[j * 4 + 2] +
+                    int32_t(a[3]) * wk[j * 4 + 3];
+        }
       }
-    }
   }
 
   static void cell_rows(const float* pre, float* c, float* h, int64_t H) {

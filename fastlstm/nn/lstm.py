@@ -59,6 +59,8 @@ class LSTM(nn.Module):
     Input ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), ``(T, I)`` unbatched,
     or a PackedSequence; returns ``output, (h_n, c_n)`` exactly like torch.
     ``backend`` overrides the process default (see :func:`fastlstm.set_backend`).
+    With ``return_gates=True`` forward returns ``output, (h_n, c_n), gates``, a
+    :class:`fastlstm.inspect.GateRecord` of the kernels' gate activations.
 
     >>> lstm = fastlstm.LSTM(32, 128, num_layers=2, bidirectional=True, batch_first=True)
     >>> out, (h_n, c_n) = lstm(torch.randn(4, 100, 32))
@@ -81,6 +83,7 @@ class LSTM(nn.Module):
         dtype=None,
         *,
         backend: str | None = None,
+        return_gates: bool = False,
     ) -> None:
         super().__init__()
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
@@ -94,6 +97,10 @@ class LSTM(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.backend = None if backend is None else _backends._check_name(backend)
+        # Gate inspection (fastlstm.inspect): forward also returns a GateRecord when
+        # return_gates; active record_gates() blocks append their lists here.
+        self.return_gates = bool(return_gates)
+        self._gate_recorders: list[list] = []
         factory = {"device": device, "dtype": dtype}
         num_directions = 2 if bidirectional else 1
         real_hidden = proj_size if proj_size > 0 else hidden_size
@@ -151,6 +158,8 @@ class LSTM(nn.Module):
             s += ", bidirectional={bidirectional}"
         if self.backend is not None:
             s += ", backend={backend!r}"
+        if self.return_gates:
+            s += ", return_gates=True"
         return s.format(**self.__dict__)
 
     def _config(self) -> dict:
@@ -232,12 +241,21 @@ class LSTM(nn.Module):
     def _run(self, x: Tensor, hx, lengths: Tensor | None):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        return lstm_op(
+        raw = [] if self.return_gates or self._gate_recorders else None
+        out, h_n, c_n = lstm_op(
             x, hx, self._flat_weights,
             num_layers=self.num_layers, bidirectional=self.bidirectional, has_bias=self.bias,
             proj_size=self.proj_size, dropout=self.dropout, training=self.training,
-            lengths=lengths, backend=self.backend,
+            lengths=lengths, backend=self.backend, record=raw,
         )
+        gates = None
+        if raw is not None:
+            from fastlstm.inspect import GateRecord
+
+            gates = GateRecord.from_kernels(raw, lengths, self.hidden_size)
+            for recorder in self._gate_recorders:
+                recorder.append(gates)
+        return out, h_n, c_n, gates
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
         if isinstance(input, PackedSequence):
@@ -270,12 +288,14 @@ class LSTM(nn.Module):
         if hx is not None:
             hx = self._check_hidden(hx, input, batch)
         x = input.transpose(0, 1) if self.batch_first else input
-        out, h_n, c_n = self._run(x, hx, None)
+        out, h_n, c_n, gates = self._run(x, hx, None)
         if self.batch_first:
             out = out.transpose(0, 1)
         if not batched:
             out = out.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        if self.return_gates:
+            return out, (h_n, c_n), gates
         return out, (h_n, c_n)
 
     def _forward_packed(self, packed: PackedSequence, hx):
@@ -286,12 +306,15 @@ class LSTM(nn.Module):
             hx = self._check_hidden(hx, data, batch)  # hx is in the caller's (unsorted) order
         # Padded, in the caller's batch order, with per-sequence lengths.
         x, lengths = pad_packed_sequence(packed)
-        out, h_n, c_n = self._run(x, hx, lengths.to(torch.int64))
+        out, h_n, c_n, gates = self._run(x, hx, lengths.to(torch.int64))
         if sorted_indices is not None:
             out = out.index_select(1, sorted_indices)
             lengths = lengths.index_select(0, sorted_indices.cpu())
         out_data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
-        return PackedSequence(out_data, batch_sizes, sorted_indices, packed.unsorted_indices), (h_n, c_n)
+        out = PackedSequence(out_data, batch_sizes, sorted_indices, packed.unsorted_indices)
+        if self.return_gates:
+            return out, (h_n, c_n), gates
+        return out, (h_n, c_n)
 
 
 def _torch_config(module: nn.LSTM) -> dict:

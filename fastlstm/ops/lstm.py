@@ -245,7 +245,8 @@ def lstm(
         c0_all = x.new_zeros(num_layers * D, B, H)
     else:
         h0_all, c0_all = hx
-    save = torch.is_grad_enabled() and (
+    # Recording needs the kernels to write their gates, as for backward.
+    save = record is not None or torch.is_grad_enabled() and (
         x.requires_grad
         or any(w.requires_grad for w in weights)
         or h0_all.requires_grad

@@ -38,7 +38,7 @@ def matmul_s32(x, packed, rowsum, n, qmax):
     return acc, xs
 
 
-@pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (3, 5, 17), (9, 45, 37), (13, 130, 64), (8, 256, 16)],
+@pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (3, 5, 17), (9, 45, 37), (13, 130, 64), (8, 256, 16), (6, 33, 200), (2, 64, 130)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("qmax", [63, 127])
 def test_accumulators_bit_exact_vs_scalar(level, rows, k, n, qmax):
