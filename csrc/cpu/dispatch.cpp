@@ -1,5 +1,8 @@
 // The one place that detects the CPU and picks an ISA variant per kernel.
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <type_traits>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -8,6 +11,7 @@
 #include "int8_lstm.h"
 #include "lstm_recurrence.h"
 #include "sparse_attention.h"
+#include "thread_pool.h"
 
 namespace fastlstm {
 
@@ -81,10 +85,182 @@ bool parse_cpu_capability(const char* name, CpuCapability* out) {
 
 namespace cpu {
 
+namespace {
+
+// The fp32 SIMD variant the active level uses (null at the scalar level).
+struct SimdVariant {
+  int width;
+  int64_t (*scratch)(int64_t rows, int64_t H, int64_t P);
+  void (*fwd)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
+  void (*bwd)(const LstmRecurrenceBwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
+  void (*proj)(const LstmInputProjParams&, int64_t, int64_t, int64_t);
+};
+
+const SimdVariant* simd_variant() {
+  switch (active_cpu_capability()) {
+#if defined(FASTLSTM_HAVE_AVX512)
+    case CpuCapability::Avx512Vnni:
+    case CpuCapability::Avx512: {
+      static const SimdVariant v{lstm_vector_width_avx512(), lstm_task_scratch_avx512,
+                                 lstm_recurrence_fwd_task_avx512, lstm_recurrence_bwd_task_avx512,
+                                 lstm_input_proj_task_avx512};
+      return &v;
+    }
+#endif
+#if defined(FASTLSTM_HAVE_AVX2)
+    case CpuCapability::Avx2: {
+      static const SimdVariant v{lstm_vector_width_avx2(), lstm_task_scratch_avx2, lstm_recurrence_fwd_task_avx2,
+                                 lstm_recurrence_bwd_task_avx2, lstm_input_proj_task_avx2};
+      return &v;
+    }
+#endif
+    default: return nullptr;
+  }
+}
+
+// Parallel plan: tasks are (direction, contiguous batch-row chunk). Both
+// directions run at once; the batch is split further while threads remain,
+// keeping >= kMinRows rows per chunk so the micro-kernel reuses each weight
+// load across rows. Rows are independent and every row's arithmetic is the
+// same in any chunk, so the plan never changes the result.
+constexpr int64_t kMinRows = 8;
+// Below this many multiply-adds per direction a call runs single-threaded.
+constexpr int64_t kMinParallelWork = int64_t{1} << 18;
+
+struct Plan {
+  int64_t D, B, chunks;
+  int64_t dir(int64_t task) const { return task / chunks; }
+  int64_t row_begin(int64_t task) const { return B * (task % chunks) / chunks; }
+  int64_t row_end(int64_t task) const { return B * (task % chunks + 1) / chunks; }
+  int64_t tasks() const { return D * chunks; }
+};
+
+Plan make_plan(int64_t D, int64_t B, int threads) {
+  const int64_t per_dir = std::max<int64_t>(1, (threads + D - 1) / D);
+  const int64_t by_rows = std::max<int64_t>(1, B / kMinRows);
+  return Plan{D, B, std::max<int64_t>(1, std::min(per_dir, by_rows))};
+}
+
+template <class Params>
+struct Job {
+  const Params* p;
+  const SimdVariant* v;
+  const float* packed;
+  Plan plan;
+  float* scratch;
+  int64_t scratch_per_task;
+};
+
+template <class Params, bool Fwd>
+void run_task(void* ctx, int64_t task) {
+  auto* job = static_cast<Job<Params>*>(ctx);
+  const Plan& pl = job->plan;
+  float* scratch = job->scratch + task * job->scratch_per_task;
+  if constexpr (Fwd)
+    job->v->fwd(*job->p, job->packed, pl.dir(task), pl.row_begin(task), pl.row_end(task), scratch);
+  else
+    job->v->bwd(*job->p, job->packed, pl.dir(task), pl.row_begin(task), pl.row_end(task), scratch);
+}
+
+template <bool Fwd, class Params>
+void run_simd(const Params& p, const SimdVariant* v) {
+  std::vector<float> own_packed;
+  const float* packed = p.w_hh_packed;
+  if (!packed) {
+    own_packed.resize(lstm_packed_weights_size(false, p.directions, p.hidden, p.proj));
+    lstm_pack_weights(p.w_hh, own_packed.data(), p.directions, p.hidden, p.proj, v->width);
+    packed = own_packed.data();
+  }
+  // Tiny problems run on the calling thread: waking a worker costs more.
+  const int threads = p.seq_len * p.batch * p.hidden * p.proj < kMinParallelWork ? 1 : p.num_threads;
+  const Plan plan = make_plan(p.directions, p.batch, threads);
+  const int64_t rows = (p.batch + plan.chunks - 1) / plan.chunks;
+  // Per-task scratch rounded to 64 bytes so tasks never share a cache line.
+  const int64_t per_task = (v->scratch(rows, p.hidden, p.proj) + 15) / 16 * 16;
+  std::vector<float> scratch(per_task * plan.tasks() + 16);
+  float* base = scratch.data();
+  base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
+  Job<Params> job{&p, v, packed, plan, base, per_task};
+  parallel_tasks(plan.tasks(), threads, run_task<Params, Fwd>, &job);
+}
+
+}  // namespace
+
 int64_t lstm_recurrence_scratch_elems(int64_t hidden, int64_t proj) { return 5 * hidden + proj; }
+
+int lstm_packed_vector_width(bool is_double) {
+  if (is_double) return 0;
+  const SimdVariant* v = simd_variant();
+  return v ? v->width : 0;
+}
+
+int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only) {
+  const int64_t W = lstm_packed_vector_width(is_double);
+  if (W == 0) return 0;
+  const int64_t Hb = (H + W - 1) / W, Pb = (P + W - 1) / W;
+  return D * (Hb * P * 4 * W + (forward_only ? 0 : Pb * 4 * H * W));
+}
+
+int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P) {
+  return lstm_packed_weights_size(is_double, D, H, P, false);
+}
+
+namespace {
+struct ProjJob {
+  const LstmInputProjParams* p;
+  const SimdVariant* v;
+  int64_t chunks;
+};
+void run_proj_task(void* ctx, int64_t task) {
+  auto* job = static_cast<ProjJob*>(ctx);
+  const int64_t n = job->p->rows, c = task % job->chunks;
+  job->v->proj(*job->p, task / job->chunks, n * c / job->chunks, n * (c + 1) / job->chunks);
+}
+}  // namespace
+
+void lstm_input_projection(const LstmInputProjParams& p) {
+  const SimdVariant* v = simd_variant();
+  if (!v) return;
+  // Row chunks of >= 32 rows per task: each task re-reads the weights from L2.
+  const int threads = p.rows * p.hidden * p.input < kMinParallelWork ? 1 : p.num_threads;
+  const int64_t per_dir = std::max<int64_t>(1, (threads + p.directions - 1) / p.directions);
+  const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, p.rows / 32));
+  ProjJob job{&p, v, chunks};
+  parallel_tasks(p.directions * chunks, threads, run_proj_task, &job);
+}
+
+void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width,
+                       bool forward_only) {
+  const int64_t W = width, G = 4 * H;
+  const int64_t Hb = (H + W - 1) / W, Pb = (P + W - 1) / W;
+  float* fwd = packed;
+  float* bwd = packed + D * Hb * P * 4 * W;
+  for (int64_t d = 0; d < D; ++d) {
+    const float* w = w_hh + d * G * P;
+    float* f = fwd + d * Hb * P * 4 * W;
+    for (int64_t j = 0; j < Hb; ++j)
+      for (int64_t k = 0; k < P; ++k)
+        for (int64_t g = 0; g < 4; ++g)
+          for (int64_t u = 0; u < W; ++u) {
+            const int64_t unit = j * W + u;
+            f[((j * P + k) * 4 + g) * W + u] = unit < H ? w[(g * H + unit) * P + k] : 0.f;
+          }
+    if (forward_only) continue;
+    float* b = bwd + d * Pb * G * W;
+    for (int64_t kb = 0; kb < Pb; ++kb)
+      for (int64_t r = 0; r < G; ++r)
+        for (int64_t u = 0; u < W; ++u) {
+          const int64_t col = kb * W + u;
+          b[(kb * G + r) * W + u] = col < P ? w[r * P + col] : 0.f;
+        }
+  }
+}
 
 template <typename T>
 void lstm_recurrence_fwd(const LstmRecurrenceFwdParams<T>& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (const SimdVariant* v = simd_variant()) return run_simd<true>(p, v);
+  }
   std::vector<T> scratch(lstm_recurrence_scratch_elems(p.hidden, p.proj));
   switch (active_cpu_capability()) {
 #if defined(FASTLSTM_HAVE_AVX512)
@@ -100,6 +276,9 @@ void lstm_recurrence_fwd(const LstmRecurrenceFwdParams<T>& p) {
 
 template <typename T>
 void lstm_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (const SimdVariant* v = simd_variant()) return run_simd<false>(p, v);
+  }
   std::vector<T> scratch(lstm_recurrence_scratch_elems(p.hidden, p.proj));
   switch (active_cpu_capability()) {
 #if defined(FASTLSTM_HAVE_AVX512)

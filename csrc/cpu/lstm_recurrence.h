@@ -1,9 +1,12 @@
 // CPU LSTM recurrence entry points. `lstm_recurrence_fwd/bwd` choose the ISA
-// variant at run time (dispatch.cpp); the `_<isa>` functions are the variants,
-// each compiled in its own translation unit with its own flags.
+// variant and the parallel plan at run time (dispatch.cpp); the `_<isa>`
+// functions are the variants, each compiled in its own translation unit with
+// its own flags.
 //
-// Scratch: callers pass nothing; variants use fixed-size stack buffers or
-// the `scratch` pointer sized by lstm_recurrence_scratch_elems().
+// fp32 on AVX2/AVX-512 runs the SIMD kernels (lstm_recurrence_simd.h) on
+// packed weights (p.w_hh_packed, written by lstm_pack_weights; packed
+// internally when absent). fp64 and the scalar level run the portable
+// recurrence (lstm_recurrence_generic.h).
 #pragma once
 
 #include <cstdint>
@@ -13,13 +16,24 @@
 namespace fastlstm {
 namespace cpu {
 
-// Elements of T the variants need as scratch for one call.
-int64_t lstm_recurrence_scratch_elems(int64_t hidden, int64_t proj);
-
 template <typename T>
 void lstm_recurrence_fwd(const LstmRecurrenceFwdParams<T>& p);
 template <typename T>
 void lstm_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p);
+
+// Vector width (floats) of the active fp32 kernel's packed layout, or 0 when
+// the active kernel for `is_double` takes no packed weights.
+int lstm_packed_vector_width(bool is_double);
+// Elements of the packed weight buffer for D directions, or 0 (no packing).
+int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P);
+// Packs w_hh (D, 4H, P) for the active fp32 kernel (layout: lstm_recurrence_simd.h).
+// forward_only: only the forward part (how w_ih (D, 4H, I) is packed, P := I).
+int64_t lstm_packed_weights_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only);
+void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width,
+                       bool forward_only = false);
+// gx = w_ih · x + bias on the SIMD kernels and the thread pool (fp32, needs a
+// SIMD level: lstm_packed_vector_width(false) > 0).
+void lstm_input_projection(const LstmInputProjParams& p);
 
 #define FASTLSTM_DECLARE_RECURRENCE_VARIANT(isa)                                     \
   void lstm_recurrence_fwd_##isa(const LstmRecurrenceFwdParams<float>& p, float* scratch);   \
@@ -27,9 +41,20 @@ void lstm_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p);
   void lstm_recurrence_bwd_##isa(const LstmRecurrenceBwdParams<float>& p, float* scratch);   \
   void lstm_recurrence_bwd_##isa(const LstmRecurrenceBwdParams<double>& p, double* scratch);
 
+#define FASTLSTM_DECLARE_SIMD_RECURRENCE_VARIANT(isa)                                                   \
+  int lstm_vector_width_##isa();                                                                       \
+  int64_t lstm_task_scratch_##isa(int64_t rows, int64_t H, int64_t P);                                  \
+  void lstm_recurrence_fwd_task_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,     \
+                                      int64_t d, int64_t b0, int64_t b1, float* scratch);              \
+  void lstm_recurrence_bwd_task_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,     \
+                                      int64_t d, int64_t b0, int64_t b1, float* scratch);              \
+  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1);
+
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(scalar)
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(avx2)
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(avx512)
+FASTLSTM_DECLARE_SIMD_RECURRENCE_VARIANT(avx2)
+FASTLSTM_DECLARE_SIMD_RECURRENCE_VARIANT(avx512)
 
 }  // namespace cpu
 }  // namespace fastlstm

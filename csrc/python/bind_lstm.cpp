@@ -2,6 +2,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <type_traits>
+
 #include "../cpu/lstm_recurrence.h"
 #include "checks.h"
 
@@ -29,10 +31,20 @@ void check_lengths(const int64_t* lengths, const Dims& d, const char* fn) {
                             std::to_string(lengths[b]) + " is outside [0, seq_len]");
 }
 
+// The packed weights must match the layout of the kernel active now (the ISA
+// level can be lowered at run time, which changes the layout's width).
+template <typename T>
+const T* checked_packed(const Buf& packed, const Dims& d, const char* fn) {
+  if (packed.first == 0) return nullptr;
+  const int64_t expected = cpu::lstm_packed_weights_size(std::is_same_v<T, double>, d.D, d.H, d.P);
+  if (expected == 0) return nullptr;  // the active kernel reads w_hh directly
+  return checked_ptr<const T>(packed, expected, true, fn, "w_hh_packed (packed for another CPU capability?)");
+}
+
 template <typename T>
 void recurrence_fwd(const Buf& gx, const Buf& w_hh, const Buf& w_hr, const Buf& h0, const Buf& c0,
                     const Buf& lengths, const Buf& y, const Buf& hn, const Buf& cn, const Buf& gates,
-                    const Buf& cells, const Dims& d, int num_threads) {
+                    const Buf& cells, const Dims& d, int num_threads, const Buf& packed) {
   const char* fn = "lstm_recurrence_fwd";
   check_dims(d, fn);
   const bool proj = w_hr.first != 0;
@@ -53,6 +65,7 @@ void recurrence_fwd(const Buf& gx, const Buf& w_hh, const Buf& w_hr, const Buf& 
   if ((p.gates == nullptr) != (p.cells == nullptr))
     throw py::value_error(std::string(fn) + ": gates and cells must be given together");
   check_lengths(p.lengths, d, fn);
+  p.w_hh_packed = checked_packed<T>(packed, d, fn);
   p.seq_len = d.T, p.batch = d.B, p.directions = d.D, p.hidden = d.H, p.proj = d.P;
   p.num_threads = num_threads < 1 ? 1 : num_threads;
   py::gil_scoped_release release;
@@ -63,7 +76,7 @@ template <typename T>
 void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_hh, const Buf& w_hr,
                     const Buf& c0, const Buf& gates, const Buf& cells, const Buf& lengths,
                     const Buf& dgates, const Buf& dh0, const Buf& dc0, const Buf& dhproj, const Dims& d,
-                    int num_threads) {
+                    int num_threads, const Buf& packed) {
   const char* fn = "lstm_recurrence_bwd";
   check_dims(d, fn);
   const bool proj = w_hr.first != 0;
@@ -84,10 +97,18 @@ void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_
   p.dc0 = checked_ptr<T>(dc0, checked_mul({d.D, d.B, d.H}, fn, "dc0"), true, fn, "dc0");
   p.dhproj = checked_ptr<T>(dhproj, checked_mul({d.T, d.B, d.D, d.P}, fn, "dhproj"), proj, fn, "dhproj");
   check_lengths(p.lengths, d, fn);
+  p.w_hh_packed = checked_packed<T>(packed, d, fn);
   p.seq_len = d.T, p.batch = d.B, p.directions = d.D, p.hidden = d.H, p.proj = d.P;
   p.num_threads = num_threads < 1 ? 1 : num_threads;
   py::gil_scoped_release release;
   cpu::lstm_recurrence_bwd<T>(p);
+}
+
+void check_pack_dims(int64_t D, int64_t H, int64_t P, bool forward_only, const char* fn) {
+  if (D != 1 && D != 2) throw py::value_error(std::string(fn) + ": directions must be 1 or 2");
+  if (H < 1) throw py::value_error(std::string(fn) + ": hidden_size must be >= 1");
+  if (P < 1 || (!forward_only && P > H))
+    throw py::value_error(std::string(fn) + (forward_only ? ": input size must be >= 1" : ": proj must be in [1, hidden_size]"));
 }
 
 bool is_float64(const std::string& dtype, const char* fn) {
@@ -103,37 +124,91 @@ void bind_lstm(py::module_& m) {
       "lstm_recurrence_fwd",
       [](const std::string& dtype, Buf gx, Buf w_hh, Buf w_hr, Buf h0, Buf c0, Buf lengths, Buf y, Buf hn,
          Buf cn, Buf gates, Buf cells, int64_t T, int64_t B, int64_t D, int64_t H, int64_t P,
-         int num_threads) {
+         int num_threads, Buf w_hh_packed) {
         const Dims d{T, B, D, H, P};
         if (is_float64(dtype, "lstm_recurrence_fwd"))
-          recurrence_fwd<double>(gx, w_hh, w_hr, h0, c0, lengths, y, hn, cn, gates, cells, d, num_threads);
+          recurrence_fwd<double>(gx, w_hh, w_hr, h0, c0, lengths, y, hn, cn, gates, cells, d, num_threads,
+                                 w_hh_packed);
         else
-          recurrence_fwd<float>(gx, w_hh, w_hr, h0, c0, lengths, y, hn, cn, gates, cells, d, num_threads);
+          recurrence_fwd<float>(gx, w_hh, w_hr, h0, c0, lengths, y, hn, cn, gates, cells, d, num_threads,
+                                w_hh_packed);
       },
       "LSTM recurrence forward over T steps, one or two directions. Buffers are "
       "(address, numel) pairs; see csrc/include/fastlstm/lstm_params.h for layouts.",
       py::arg("dtype"), py::arg("gx"), py::arg("w_hh"), py::arg("w_hr"), py::arg("h0"), py::arg("c0"),
       py::arg("lengths"), py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("gates"), py::arg("cells"),
       py::arg("seq_len"), py::arg("batch"), py::arg("directions"), py::arg("hidden"), py::arg("proj"),
-      py::arg("num_threads") = 1);
+      py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{0, 0});
   m.def(
       "lstm_recurrence_bwd",
       [](const std::string& dtype, Buf dy, Buf dhn, Buf dcn, Buf w_hh, Buf w_hr, Buf c0, Buf gates,
          Buf cells, Buf lengths, Buf dgates, Buf dh0, Buf dc0, Buf dhproj, int64_t T, int64_t B, int64_t D,
-         int64_t H, int64_t P, int num_threads) {
+         int64_t H, int64_t P, int num_threads, Buf w_hh_packed) {
         const Dims d{T, B, D, H, P};
         if (is_float64(dtype, "lstm_recurrence_bwd"))
           recurrence_bwd<double>(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates, dh0, dc0, dhproj,
-                                 d, num_threads);
+                                 d, num_threads, w_hh_packed);
         else
           recurrence_bwd<float>(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates, dh0, dc0, dhproj,
-                                d, num_threads);
+                                d, num_threads, w_hh_packed);
       },
       "LSTM recurrence backward (fused reverse recurrence producing d gates).", py::arg("dtype"),
       py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"),
       py::arg("gates"), py::arg("cells"), py::arg("lengths"), py::arg("dgates"), py::arg("dh0"),
       py::arg("dc0"), py::arg("dhproj"), py::arg("seq_len"), py::arg("batch"), py::arg("directions"),
-      py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1);
+      py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{0, 0});
+  m.def(
+      "lstm_packed_weights_size",
+      [](const std::string& dtype, int64_t D, int64_t H, int64_t P, bool forward_only) {
+        const char* fn = "lstm_packed_weights_size";
+        check_pack_dims(D, H, P, forward_only, fn);
+        return cpu::lstm_packed_weights_size(is_float64(dtype, fn), D, H, P, forward_only);
+      },
+      "Elements of the packed buffer the active CPU kernel wants for w_hh (directions, 4*hidden, proj), "
+      "or with forward_only=True for w_ih (directions, 4*hidden, input) passed as proj; 0 when the "
+      "active kernel reads the weights directly (fp64, scalar level).",
+      py::arg("dtype"), py::arg("directions"), py::arg("hidden"), py::arg("proj"), py::arg("forward_only") = false);
+  m.def(
+      "lstm_pack_weights",
+      [](const std::string& dtype, Buf w_hh, Buf packed, int64_t D, int64_t H, int64_t P, bool forward_only) {
+        const char* fn = "lstm_pack_weights";
+        check_pack_dims(D, H, P, forward_only, fn);
+        const bool f64 = is_float64(dtype, fn);
+        const int64_t n = cpu::lstm_packed_weights_size(f64, D, H, P, forward_only);
+        if (n == 0) throw py::value_error(std::string(fn) + ": the active CPU kernel takes no packed weights");
+        const float* w = checked_ptr<const float>(w_hh, checked_mul({D, 4, H, P}, fn, "w_hh"), true, fn, "w_hh");
+        float* out = checked_ptr<float>(packed, n, true, fn, "packed");
+        const int width = cpu::lstm_packed_vector_width(f64);
+        py::gil_scoped_release release;
+        cpu::lstm_pack_weights(w, out, D, H, P, width, forward_only);
+      },
+      "Repacks weights (D, 4H, P) into the active fp32 kernel's layout (size from lstm_packed_weights_size).",
+      py::arg("dtype"), py::arg("w_hh"), py::arg("packed"), py::arg("directions"), py::arg("hidden"),
+      py::arg("proj"), py::arg("forward_only") = false);
+  m.def(
+      "lstm_input_projection",
+      [](const std::string& dtype, Buf x, Buf w_packed, Buf bias, Buf gx, int64_t N, int64_t D, int64_t H,
+         int64_t I, int num_threads) {
+        const char* fn = "lstm_input_projection";
+        check_pack_dims(D, H, I, true, fn);
+        if (N < 0) throw py::value_error(std::string(fn) + ": rows must be >= 0");
+        if (is_float64(dtype, fn) || cpu::lstm_packed_vector_width(false) == 0)
+          throw py::value_error(std::string(fn) + ": needs float32 and an AVX2 or AVX-512 CPU kernel");
+        LstmInputProjParams p;
+        p.x = checked_ptr<const float>(x, checked_mul({N, I}, fn, "x"), true, fn, "x");
+        p.w_packed = checked_ptr<const float>(w_packed, cpu::lstm_packed_weights_size(false, D, H, I, true), true,
+                                              fn, "w_packed (packed for another CPU capability?)");
+        p.bias = checked_ptr<const float>(bias, checked_mul({D, 4, H}, fn, "bias"), false, fn, "bias");
+        p.gx = checked_ptr<float>(gx, checked_mul({N, D, 4, H}, fn, "gx"), true, fn, "gx");
+        p.rows = N, p.directions = D, p.hidden = H, p.input = I;
+        p.num_threads = num_threads < 1 ? 1 : num_threads;
+        py::gil_scoped_release release;
+        cpu::lstm_input_projection(p);
+      },
+      "gx (rows, D, 4H) = x (rows, I) · w_ihᵀ + bias for one layer, both directions, fp32, on the "
+      "SIMD kernels; w_packed from lstm_pack_weights(..., forward_only=True).",
+      py::arg("dtype"), py::arg("x"), py::arg("w_packed"), py::arg("bias"), py::arg("gx"), py::arg("rows"),
+      py::arg("directions"), py::arg("hidden"), py::arg("input"), py::arg("num_threads") = 1);
 }
 
 }  // namespace binding

@@ -9,9 +9,13 @@ here by torch; the kernels do only the sequential part (see
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils import _python_dispatch
 
 from fastlstm import _backends, _ext
 from fastlstm import reference as _reference
@@ -20,6 +24,14 @@ from fastlstm.ops._alloc import empty
 # --------------------------------------------------------------------------
 # fastlstm::lstm_recurrence
 # --------------------------------------------------------------------------
+
+
+_DTYPE_NAME = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _buf(t: Tensor | None) -> tuple[int, int]:
+    """(address, numel) of a dense tensor, (0, 0) for None (``_ext.buf`` for tensors only, cheaper)."""
+    return (0, 0) if t is None else (t.data_ptr(), t.numel())
 
 
 def _dims(gx: Tensor, w_hh: Tensor) -> tuple[int, int, int, int, int]:
@@ -35,8 +47,128 @@ def _check_lengths(lengths: Tensor | None) -> Tensor | None:
     return lengths.contiguous()
 
 
-@torch.library.custom_op("fastlstm::lstm_recurrence", mutates_args=(), device_types="cpu")
-def lstm_recurrence(
+# Packed recurrent weights for the SIMD kernels, cached against the weight
+# tensor's storage address, version counter, shape and the active CPU level.
+# An entry keeps its weight tensor alive, so no other tensor can take that
+# address while the entry exists; in-place updates bump the version.
+_PACK_CACHE: OrderedDict = OrderedDict()
+_PACK_CACHE_SIZE = 64
+_PACK_LOCK = threading.Lock()
+
+
+def _cache_put(key, value) -> None:
+    with _PACK_LOCK:
+        _PACK_CACHE[key] = value
+        while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
+            _PACK_CACHE.popitem(last=False)
+
+
+def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Tensor | None:
+    """``w`` (D, 4H, P) packed for the active kernel (``forward_only``: w_ih, P = input
+    size), or None when the active kernel reads the weights directly."""
+    if w.dtype != torch.float32 or _ext._C is None:
+        return None
+    capability = _ext._C.cpu_capability()
+    try:
+        key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), capability, forward_only)
+    except RuntimeError:  # inference tensors have no version counter: pack, don't cache
+        key = None
+    if key is not None:
+        with _PACK_LOCK:
+            hit = _PACK_CACHE.get(key)
+            if hit is not None:
+                _PACK_CACHE.move_to_end(key)
+                return hit[1]
+    n = _ext._C.lstm_packed_weights_size("float32", D, H, P, forward_only)
+    if n == 0:
+        return None
+    packed = torch.empty(n, dtype=torch.float32)
+    _ext._C.lstm_pack_weights("float32", _buf(w.contiguous()), _buf(packed), D, H, P, forward_only)
+    if key is not None:
+        _cache_put(key, (w.detach(), packed))
+    return packed
+
+
+def _prime_packed(w: Tensor, sources: list[Tensor], D: int, H: int, P: int, forward_only: bool) -> None:
+    """Training builds the stacked ``w`` afresh every call (it must stay in the
+    autograd graph); its packed form is cached against the source parameters
+    instead, and registered under ``w`` so the ops find it without repacking."""
+    if w.dtype != torch.float32 or _ext._C is None or torch.compiler.is_compiling() or type(w) is not Tensor:
+        return
+    try:
+        src_key = ("sources", _ext._C.cpu_capability(), forward_only, tuple(w.shape)) + tuple(
+            (t.data_ptr(), t._version, t.stride()) for t in sources
+        )
+        w_key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), src_key[1], forward_only)
+    except RuntimeError:
+        return
+    with _PACK_LOCK:
+        hit = _PACK_CACHE.get(src_key)
+    if hit is None:
+        packed = _packed(w.detach(), D, H, P, forward_only)
+        if packed is not None:
+            _cache_put(src_key, ([t.detach() for t in sources], packed))
+    else:
+        _cache_put(w_key, (w.detach(), hit[1]))
+
+
+def _input_projection_impl(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int) -> Tensor:
+    """Input gates of every step for one layer, all directions: x · w_ihᵀ + bias.
+
+    x: (N, I); w_ih: (D*4H, I) (directions concatenated); bias: (D*4H,) or None.
+    Returns (N, D*4H). fp32 runs the SIMD kernel on the fastlstm thread pool
+    (no torch intra-op threads); otherwise torch's GEMM.
+
+    >>> gx = lstm_input_projection(torch.randn(10, 8), torch.randn(64, 8), None, 1)
+    """
+    return _project(x, w_ih, bias, directions, None)
+
+
+def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int, out: Tensor | None) -> Tensor:
+    """Body of lstm_input_projection; ``out`` (N, D*4H) is an optional destination."""
+    N, I = x.shape
+    G = w_ih.shape[0] // directions
+    packed = _packed(w_ih, directions, G // 4, I, True) if N > 0 and I > 0 else None
+    if packed is None:
+        return torch.addmm(bias, x, w_ih.t()) if bias is not None else x @ w_ih.t()
+    x = x.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    gx = empty(N, directions * G, like=x) if out is None else out
+    _ext._C.lstm_input_projection(
+        "float32", _buf(x), _buf(packed), _buf(bias), _buf(gx),
+        N, directions, G // 4, I, torch.get_num_threads(),
+    )
+    return gx
+
+
+lstm_input_projection = torch.library.custom_op(
+    "fastlstm::lstm_input_projection", _input_projection_impl, mutates_args=(), device_types="cpu"
+)
+
+
+@lstm_input_projection.register_fake
+def _(x, w_ih, bias, directions):
+    return x.new_empty(x.shape[0], w_ih.shape[0])
+
+
+def _projection_setup_context(ctx, inputs, output):
+    x, w_ih, bias, _ = inputs
+    ctx.save_for_backward(x, w_ih)
+    ctx.has_bias = bias is not None
+
+
+def _projection_backward(ctx, dgx):
+    x, w_ih = ctx.saved_tensors
+    dx = dgx @ w_ih if ctx.needs_input_grad[0] else None
+    dw = dgx.t() @ x if ctx.needs_input_grad[1] else None
+    db = dgx.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db, None
+
+
+lstm_input_projection.register_autograd(_projection_backward, setup_context=_projection_setup_context)
+
+
+def _recurrence_impl(
     gx: Tensor,
     w_hh: Tensor,
     w_hr: Tensor | None,
@@ -64,16 +196,21 @@ def lstm_recurrence(
     cn = empty(D, B, H, like=gx)
     gates = empty(T, B, D, 4 * H, like=gx) if save_for_backward else gx.new_empty(0)
     cells = empty(T, B, D, H, like=gx) if save_for_backward else gx.new_empty(0)
-    buf = _ext.buf
+    buf = _buf
     _ext._C.lstm_recurrence_fwd(
-        str(gx.dtype).removeprefix("torch."),
+        _DTYPE_NAME.get(gx.dtype, str(gx.dtype)),
         buf(gx), buf(w_hh), buf(w_hr), buf(h0), buf(c0), buf(lengths),
         buf(y), buf(hn), buf(cn),
         buf(gates) if save_for_backward else (0, 0),
         buf(cells) if save_for_backward else (0, 0),
-        T, B, D, H, P, torch.get_num_threads(),
+        T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)),
     )
     return y, hn, cn, gates, cells
+
+
+lstm_recurrence = torch.library.custom_op(
+    "fastlstm::lstm_recurrence", _recurrence_impl, mutates_args=(), device_types="cpu"
+)
 
 
 @lstm_recurrence.register_fake
@@ -113,12 +250,12 @@ def lstm_recurrence_backward(
     dh0 = empty(D, B, P, like=dy)
     dc0 = empty(D, B, H, like=dy)
     dhproj = empty(T, B, D, P, like=dy) if w_hr is not None else dy.new_empty(0)
-    buf = _ext.buf
+    buf = _buf
     _ext._C.lstm_recurrence_bwd(
-        str(dy.dtype).removeprefix("torch."),
+        _DTYPE_NAME.get(dy.dtype, str(dy.dtype)),
         buf(dy), buf(dhn), buf(dcn), buf(w_hh), buf(w_hr), buf(c0), buf(gates), buf(cells),
         buf(lengths), buf(dgates), buf(dh0), buf(dc0), buf(dhproj) if w_hr is not None else (0, 0),
-        T, B, D, H, P, torch.get_num_threads(),
+        T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)),
     )
     return dgates, dh0, dc0, dhproj
 
@@ -186,6 +323,34 @@ lstm_recurrence.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------
 
 
+def _plain_eager(x: Tensor) -> bool:
+    """True when calling the ops' implementations directly is equivalent to
+    going through the dispatcher: eager, a plain CPU tensor, no tracing and no
+    torch function / dispatch mode that would want to see the op. Skipping
+    the custom-op machinery saves tens of microseconds per call (inference only:
+    autograd needs the registered ops)."""
+    return (
+        type(x) is Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_torch_function_mode_enabled()
+        and _python_dispatch._get_current_dispatch_mode() is None
+    )
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(numel: int, like: Tensor) -> Tensor:
+    """A per-thread float buffer reused across inference calls for the input
+    gates, which never escape the call: a fresh multi-megabyte allocation per
+    layer costs page faults comparable to the kernels' own time at large batch."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+        buf = torch.empty(numel, dtype=like.dtype)
+        _WORKSPACE.buf = buf
+    return buf[:numel]
+
+
 def _recurrence(backend: str):
     """Recurrence implementation per backend (the op for compiled backends)."""
     if backend == "reference":
@@ -203,6 +368,56 @@ def _recurrence(backend: str):
 
 def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=False):
+    """Per layer: (w_ih of both directions (D*4H, I), fused bias (D*4H) or None,
+    w_hh (D, 4H, P), w_hr (D, P, H) or None), built with differentiable ops."""
+    out = []
+    for layer in range(num_layers):
+        dirs = [weights[(layer * D + d) * per_dir : (layer * D + d + 1) * per_dir] for d in range(D)]
+        w_ih = torch.cat([w[0] for w in dirs]) if D == 2 else dirs[0][0]
+        bias = None
+        if has_bias:
+            bias = torch.cat([w[2] + w[3] for w in dirs]) if D == 2 else dirs[0][2] + dirs[0][3]
+        w_hh = _stack([w[1] for w in dirs])
+        w_hr = _stack([w[-1] for w in dirs]) if proj_size > 0 else None
+        if prime:
+            H, P = w_hh.shape[1] // 4, w_hh.shape[2]
+            _prime_packed(w_ih, [w[0] for w in dirs], D, H, w_ih.shape[1], True)
+            _prime_packed(w_hh, [w[1] for w in dirs], D, H, P, False)
+        out.append((w_ih, bias, w_hh, w_hr))
+    return out
+
+
+# Concatenated weights and fused biases for inference, per set of weights
+# (storage address + version counter of every tensor). Entries keep their
+# weights alive so an address cannot be reused by another tensor meanwhile.
+_WEIGHT_CACHE: OrderedDict = OrderedDict()
+_WEIGHT_CACHE_SIZE = 16
+_WEIGHT_LOCK = threading.Lock()
+
+
+def _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
+    try:
+        key = (num_layers, D, has_bias, proj_size) + tuple((w.data_ptr(), w._version) for w in weights)
+    except RuntimeError:  # inference tensors carry no version counter
+        return _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
+    with _WEIGHT_LOCK:
+        hit = _WEIGHT_CACHE.get(key)
+        if hit is not None:
+            _WEIGHT_CACHE.move_to_end(key)
+            return hit[1]
+    # Built outside inference mode so the results have version counters (the
+    # packed-weight cache keys on them) and stay usable in any later mode.
+    with torch.inference_mode(False), torch.no_grad():
+        built = _layer_weights([w.detach() for w in weights], num_layers, D, per_dir, has_bias, proj_size)
+        built = [tuple(None if t is None else t.contiguous() for t in layer) for layer in built]
+    with _WEIGHT_LOCK:
+        _WEIGHT_CACHE[key] = (list(weights), built)
+        while len(_WEIGHT_CACHE) > _WEIGHT_CACHE_SIZE:
+            _WEIGHT_CACHE.popitem(last=False)
+    return built
 
 
 def lstm(
@@ -233,7 +448,7 @@ def lstm(
     >>> m = torch.nn.LSTM(8, 16, num_layers=2)
     >>> out, h_n, c_n = lstm(torch.randn(5, 3, 8), None, list(m._flat_weights), num_layers=2)
     """
-    backend = _backends.resolve(backend, x.device, x.dtype)
+    backend = _backends.resolve(backend, x.device, x.dtype, proj=proj_size > 0)
     recurrence = _recurrence(backend)
     D = 2 if bidirectional else 1
     per_dir = 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
@@ -254,18 +469,27 @@ def lstm(
     )
     layer_input = x
     h_n, c_n = [], []
+    grads_to_weights = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+    if grads_to_weights:
+        layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=backend == "cpu")
+    else:
+        layer_weights = _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
+    direct = backend == "cpu" and not save and _plain_eager(x)
+    if direct:
+        recurrence = _recurrence_impl
     for layer in range(num_layers):
-        dirs = [weights[(layer * D + d) * per_dir : (layer * D + d + 1) * per_dir] for d in range(D)]
-        w_ih = torch.cat([w[0] for w in dirs]) if D == 2 else dirs[0][0]
+        w_ih, bias, w_hh, w_hr = layer_weights[layer]
         flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
-        if has_bias:
-            bias = torch.cat([w[2] + w[3] for w in dirs]) if D == 2 else dirs[0][2] + dirs[0][3]
+        if direct:
+            ws = _workspace(T * B * D * 4 * H, x).view(T * B, D * 4 * H) if x.dtype == torch.float32 else None
+            gx = _project(flat_in, w_ih, bias, D, ws)
+        elif backend == "cpu":
+            gx = torch.ops.fastlstm.lstm_input_projection(flat_in, w_ih, bias, D)
+        elif bias is not None:
             gx = torch.addmm(bias, flat_in, w_ih.t())
         else:
             gx = flat_in @ w_ih.t()
         gx = gx.view(T, B, D, 4 * H)
-        w_hh = _stack([w[1] for w in dirs])
-        w_hr = _stack([w[-1] for w in dirs]) if proj_size > 0 else None
         h0 = h0_all[layer * D : (layer + 1) * D]
         c0 = c0_all[layer * D : (layer + 1) * D]
         y, hn, cn, gates, cells = recurrence(gx, w_hh, w_hr, h0, c0, lengths, save)

@@ -6,7 +6,9 @@ import torch
 import fastlstm
 from fastlstm import reference
 from fastlstm.ops import lstm_recurrence
-from fastlstm.testing import assert_parity
+from fastlstm import _ext
+from fastlstm.ops.lstm import lstm_input_projection
+from fastlstm.testing import assert_parity, within_error_rule
 
 needs_cpu = pytest.mark.skipif("cpu" not in fastlstm.available_backends("cpu"), reason="fastlstm._C not built")
 
@@ -19,6 +21,10 @@ CASES = {
     "lengths-bi": (6, 4, 2, 4, 4, [6, 1, 4, 0]),
     "lengths-proj": (5, 3, 2, 5, 2, [2, 5, 3]),
     "B0": (3, 0, 2, 3, 3, None),
+    # SIMD kernels: partial unit blocks (H not a multiple of 8/16), full and
+    # tail row groups, lengths, a projection wider than one vector.
+    "awkward-lengths": (9, 7, 2, 37, 37, [9, 3, 0, 9, 5, 1, 8]),
+    "proj-wide": (5, 6, 2, 20, 17, None),
 }
 
 
@@ -140,3 +146,163 @@ def test_set_backend_and_env(monkeypatch):
         fastlstm.get_backend()
     with pytest.raises(ValueError):
         fastlstm.set_backend("fast")
+
+
+def _capabilities():
+    if not fastlstm.available_backends("cpu"):
+        return []
+    order = ["scalar", "avx2", "avx512"]
+    detected = _ext._C.detected_cpu_capability()
+    top = order.index("avx512") if detected.startswith("avx512") else order.index(detected)
+    return order[: top + 1]
+
+
+@pytest.fixture
+def capability(request):
+    before = _ext._C.cpu_capability()
+    _ext._C.set_cpu_capability(request.param)
+    yield request.param
+    _ext._C.set_cpu_capability(before)
+
+
+@needs_cpu
+@pytest.mark.parametrize("capability", _capabilities(), indirect=True)
+@pytest.mark.parametrize("case", ["awkward-lengths", "proj-wide", "bi"])
+def test_every_isa_variant_matches_reference_fp32(case, capability):
+    """Every ISA level against an fp64 reference, by the design's error rule
+    (at most 2x the fp32 reference's own error, plus 1e-6)."""
+    args = _inputs(*CASES[case], dtype=torch.float32)
+    args64 = [a.detach().double().requires_grad_(True) if a is not None and a.is_floating_point() else a for a in args]
+    fused = lstm_recurrence(*args, True)
+    ref = reference.lstm_recurrence(*args)
+    ref64 = reference.lstm_recurrence(*args64)
+    for name, a, b, r in zip(["y", "h_n", "c_n", "gates", "cells"], fused, ref, ref64):
+        ok, err, peer = within_error_rule(a, b, r)
+        assert ok, f"{capability} {name}: error {err:.3g} vs fp32 reference {peer:.3g}"
+    diff = [i for i, a in enumerate(args) if a is not None and a.requires_grad]
+    g_fused = torch.autograd.grad(_loss(fused), [args[i] for i in diff])
+    g_ref = torch.autograd.grad(_loss(ref), [args[i] for i in diff])
+    g_ref64 = torch.autograd.grad(_loss(ref64), [args64[i] for i in diff])
+    for i, (a, b, r) in enumerate(zip(g_fused, g_ref, g_ref64)):
+        ok, err, peer = within_error_rule(a, b, r)
+        assert ok, f"{capability} grad {i}: error {err:.3g} vs fp32 reference {peer:.3g}"
+
+
+def _run_with_threads(threads, args):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        outs = lstm_recurrence(*args, True)
+        grads = torch.autograd.grad(_loss(outs), [a for a in args if a is not None and a.requires_grad])
+        return [o.detach().clone() for o in outs] + list(grads)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_cpu
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+def test_results_bitwise_identical_for_any_thread_count(D):
+    torch.manual_seed(3)
+    lengths = [11, 2, 7, 0, 11, 5, 9, 11, 1, 4, 11, 6, 3, 10, 8, 11, 2, 11, 7][: 19]
+    # large enough (T*B*H*P >= 2^18) that the kernels really use the threads
+    args = _inputs(11, 19, D, 48, 48, lengths, dtype=torch.float32)
+    one = _run_with_threads(1, args)
+    for threads in (2, 3, 4):
+        other = _run_with_threads(threads, args)
+        for i, (a, b) in enumerate(zip(one, other)):
+            assert torch.equal(a, b), f"output {i} differs between 1 and {threads} threads"
+
+
+@needs_cpu
+def test_fp32_error_at_T1440_within_twice_torch():
+    """The design's accuracy rule on S2's shape: the fused fp32 error against
+    an fp64 reference is at most 2x torch's own fp32 error plus 1e-6."""
+    torch.manual_seed(0)
+    peer = torch.nn.LSTM(32, 128, num_layers=2, bidirectional=True, batch_first=True)
+    fused = fastlstm.LSTM(32, 128, num_layers=2, bidirectional=True, batch_first=True, backend="cpu")
+    fused.load_state_dict(peer.state_dict())
+    ref64 = torch.nn.LSTM(32, 128, num_layers=2, bidirectional=True, batch_first=True).double()
+    ref64.load_state_dict(peer.state_dict())
+    x = torch.randn(1, 1440, 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # results do not depend on it; keeps torch's loop quick on busy machines
+    with torch.no_grad():
+        out_ref, (h_ref, c_ref) = ref64(x.double())
+        out_peer, (h_peer, c_peer) = peer(x)
+        out, (h, c) = fused(x)
+    torch.set_num_threads(before)
+    for name, a, b, r in [("output", out, out_peer, out_ref), ("h_n", h, h_peer, h_ref), ("c_n", c, c_peer, c_ref)]:
+        ok, err, peer_err = within_error_rule(a, b, r)
+        assert ok, f"{name}: fused error {err:.3g} > 2 x torch error {peer_err:.3g} + 1e-6"
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", [(37, 13, 2, 20), (5, 8, 1, 16), (0, 4, 1, 3)], ids=["bi", "uni", "empty"])
+def test_input_projection_matches_torch(shape, dtype):
+    N, I, D, H = shape
+    x = torch.randn(N, I, dtype=dtype, requires_grad=True)
+    w = torch.randn(D * 4 * H, I, dtype=dtype, requires_grad=True)
+    b = torch.randn(D * 4 * H, dtype=dtype, requires_grad=True)
+    out = lstm_input_projection(x, w, b, D)
+    ref = torch.addmm(b, x, w.t())
+    assert_parity(out, ref, dtype, name="gx")
+    assert_parity(lstm_input_projection(x, w, None, D), x @ w.t(), dtype, name="gx no bias")
+    if N == 0:
+        return
+    g = torch.randn_like(ref)
+    for i, (a, r) in enumerate(zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g))):
+        assert_parity(a, r, dtype, name=f"grad {i}")
+
+
+@needs_cpu
+def test_input_projection_opcheck():
+    args = (torch.randn(9, 5, requires_grad=True), torch.randn(2 * 4 * 6, 5, requires_grad=True),
+            torch.randn(2 * 4 * 6, requires_grad=True), 2)
+    torch.library.opcheck(torch.ops.fastlstm.lstm_input_projection.default, args)
+
+
+@needs_cpu
+def test_packed_weight_cache_follows_in_place_updates():
+    torch.manual_seed(1)
+    module = fastlstm.LSTM(5, 24, num_layers=2, bidirectional=True, backend="cpu")
+    x = torch.randn(6, 3, 5)
+    with torch.no_grad():
+        module(x)  # fills the caches
+        for w in module.parameters():
+            w.mul_(0.5).add_(0.01)
+        out = module(x)[0]
+        ref = reference.lstm(x, None, module._flat_weights, num_layers=2, bidirectional=True)[0]
+    assert_parity(out, ref, name="after in-place update")
+
+
+@needs_cpu
+def test_packed_buffer_checked_by_binding():
+    D, H, P = 1, 8, 8
+    n = _ext._C.lstm_packed_weights_size("float32", D, H, P)
+    if n == 0:
+        pytest.skip("the active kernel reads w_hh directly (scalar level)")
+    w = torch.randn(D, 4 * H, P)
+    with pytest.raises(ValueError, match="packed"):
+        _ext._C.lstm_pack_weights("float32", _ext.buf(w), _ext.buf(torch.empty(n - 1)), D, H, P)
+    gx, h0, c0 = torch.randn(2, 1, D, 4 * H), torch.zeros(D, 1, P), torch.zeros(D, 1, H)
+    y, hn, cn = torch.empty(2, 1, D, P), torch.empty(D, 1, P), torch.empty(D, 1, H)
+    with pytest.raises(ValueError, match="w_hh_packed"):
+        _ext._C.lstm_recurrence_fwd("float32", _ext.buf(gx), _ext.buf(w), (0, 0), _ext.buf(h0), _ext.buf(c0),
+                                    (0, 0), _ext.buf(y), _ext.buf(hn), _ext.buf(cn), (0, 0), (0, 0),
+                                    2, 1, D, H, P, 1, _ext.buf(torch.empty(n + 16)))
+    with pytest.raises(ValueError, match="float32"):
+        _ext._C.lstm_input_projection("float64", (0, 0), (0, 0), (0, 0), (0, 0), 1, 1, H, 4, 1)
+
+
+@needs_cpu
+def test_lstm_inference_and_training_paths_agree():
+    """The eager inference shortcut (ops called without the dispatcher) and the
+    autograd path give the same forward result."""
+    torch.manual_seed(2)
+    module = fastlstm.LSTM(7, 16, num_layers=2, bidirectional=True, backend="cpu")
+    x = torch.randn(9, 4, 7)
+    with torch.no_grad():
+        fast = module(x)[0]
+    slow = module(x.requires_grad_(True))[0]
+    torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=0)

@@ -28,6 +28,9 @@ struct LstmRecurrenceFwdParams {
   T* cn = nullptr;      // (D, B, H) final cell state
   T* gates = nullptr;   // (T, B, D, G) gate activations, or null (inference)
   T* cells = nullptr;   // (T, B, D, H) cell state after each step, or null (inference)
+  // Optional: w_hh repacked by cpu::lstm_pack_weights for the active fp32
+  // kernel (read-only, cached by the op layer); null means pack internally.
+  const T* w_hh_packed = nullptr;
   int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0, proj = 0;
   int num_threads = 1;
 };
@@ -49,7 +52,21 @@ struct LstmRecurrenceBwdParams {
   T* dh0 = nullptr;      // (D, B, P)
   T* dc0 = nullptr;      // (D, B, H)
   T* dhproj = nullptr;   // (T, B, D, P) gradient w.r.t. each projected h (for dW_hr), null when not projecting
+  // Optional: w_hh repacked by cpu::lstm_pack_weights for the active fp32
+  // kernel (read-only, cached by the op layer); null means pack internally.
+  const T* w_hh_packed = nullptr;
   int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0, proj = 0;
+  int num_threads = 1;
+};
+
+// Input projection of every step for one layer, both directions (fp32):
+// gx[n, d, :] = w_ih[d] · x[n, :] + bias[d] for n < rows.
+struct LstmInputProjParams {
+  const float* x = nullptr;         // (rows, I) layer input, rows = T * B
+  const float* w_packed = nullptr;  // w_ih (D, 4H, I) in the recurrence's forward packed layout (P := I)
+  const float* bias = nullptr;      // (D, 4H) b_ih + b_hh, or null
+  float* gx = nullptr;              // (rows, D, 4H)
+  int64_t rows = 0, directions = 1, hidden = 0, input = 0;
   int num_threads = 1;
 };
 

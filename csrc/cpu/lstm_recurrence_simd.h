@@ -1,0 +1,494 @@
+// Fused fp32 LSTM recurrence with SIMD intrinsics, templated on a vector
+// traits struct (Avx512 / Avx2 below). Included by the ISA translation units
+// only; everything has internal linkage.
+//
+// One call runs one task: one direction `d` and a range of batch rows
+// [b0, b1) over all time steps. Rows are independent, so tasks never
+// synchronise; the dispatcher runs tasks on the thread pool.
+//
+// Packed weights (lstm_pack.cpp writes them, W = vector width):
+//   forward:  per direction, block j of W hidden units, step k of P:
+//             fwd[((j * P + k) * 4 + gate) * W + u] = w_hh[gate * H + j*W + u][k]
+//   backward: per direction, block kb of W columns of w_hh:
+//             bwd[(kb * G + r) * W + u] = w_hh[r][kb*W + u]
+//   (zero where the unit / column index runs past H / P).
+//
+// Bitwise reproducibility: every output lane is accumulated in the same order
+// (gx first, then k = 0..P-1, or r = 0..G-1) whatever rows or blocks share a
+// micro-kernel call, so the result does not depend on how rows are grouped
+// into tasks, i.e. on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "fastlstm/lstm_params.h"
+#include "fastlstm/vec_math.h"
+
+namespace fastlstm {
+namespace cpu {
+namespace {
+
+#if defined(__AVX512F__)
+struct Avx512 {
+  using V = __m512;
+  static constexpr int W = 16;
+  static constexpr int kMaxRows = 4;  // rows per micro-kernel: 4 rows x 4 gates = 16 accumulators
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static V loadn(const float* p, int n) { return n >= W ? load(p) : _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void storen(float* p, V v, int n) {
+    if (n >= W) store(p, v);
+    else _mm512_mask_storeu_ps(p, mask(n), v);
+  }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V sigmoid(V x) { return vec::sigmoid16(x); }
+  static V tanh(V x) { return vec::tanh16(x); }
+};
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+struct Avx2 {
+  using V = __m256;
+  static constexpr int W = 8;
+  static constexpr int kMaxRows = 2;  // 16 registers: 2 rows x 4 gates accumulators + operands
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V loadn(const float* p, int n) { return n >= W ? load(p) : _mm256_maskload_ps(p, mask(n)); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void storen(float* p, V v, int n) {
+    if (n >= W) store(p, v);
+    else _mm256_maskstore_ps(p, mask(n), v);
+  }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V sigmoid(V x) { return vec::sigmoid8(x); }
+  static V tanh(V x) { return vec::tanh8(x); }
+};
+#endif
+
+inline int64_t round_up(int64_t n, int64_t w) { return (n + w - 1) / w * w; }
+inline int64_t step_time(int64_t s, int64_t d, int64_t T) { return d == 1 ? T - 1 - s : s; }
+
+// Scratch floats one task of `rows` rows needs (see the carve-up in the kernels).
+template <class A>
+int64_t simd_task_scratch(int64_t rows, int64_t H, int64_t P) {
+  const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W);
+  // fwd: hs (rows, P) + cs, hpre (rows, Hp) + act (rows int64);
+  // bwd: dhs (rows, Pp) + dcs (rows, Hp) + one row of temporaries + act.
+  return (rows + 1) * (2 * Hp + 2 * Pp) + 2 * rows + 16;
+}
+
+// ---------------------------------------------------------------- forward
+
+// Gate pre-activations of N rows for NB consecutive unit blocks starting at
+// block j, then the cell update. h[r] points to row r's h_{t-1} (P floats).
+template <class A, int N, int NB>
+inline void fwd_blocks(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t j, const float* const* gx,
+                       const float* const* h, float* const* c, float* const* hpre, float* const* gsave,
+                       float* const* csave) {
+  using V = typename A::V;
+  const int64_t H = p.hidden, P = p.proj;
+  V acc[N][NB][4];
+  int valid[NB];
+  for (int q = 0; q < NB; ++q) {
+    const int64_t u0 = (j + q) * A::W;
+    valid[q] = static_cast<int>(std::min<int64_t>(A::W, H - u0));
+    for (int r = 0; r < N; ++r)
+      for (int g = 0; g < 4; ++g) acc[r][q][g] = A::loadn(gx[r] + g * H + u0, valid[q]);
+  }
+  const float* w = wf + j * P * 4 * A::W;
+  for (int64_t k = 0; k < P; ++k) {
+    V hb[N];
+    for (int r = 0; r < N; ++r) hb[r] = A::set1(h[r][k]);
+    for (int q = 0; q < NB; ++q) {
+      const float* wq = w + (q * P + k) * 4 * A::W;
+      for (int g = 0; g < 4; ++g) {
+        const V wv = A::load(wq + g * A::W);
+        for (int r = 0; r < N; ++r) acc[r][q][g] = A::fma(wv, hb[r], acc[r][q][g]);
+      }
+    }
+  }
+  for (int q = 0; q < NB; ++q) {
+    const int64_t u0 = (j + q) * A::W;
+    for (int r = 0; r < N; ++r) {
+      const V i = A::sigmoid(acc[r][q][0]);
+      const V f = A::sigmoid(acc[r][q][1]);
+      const V g = A::tanh(acc[r][q][2]);
+      const V o = A::sigmoid(acc[r][q][3]);
+      const V cn = A::fma(f, A::load(c[r] + u0), A::mul(i, g));
+      A::store(c[r] + u0, cn);
+      A::store(hpre[r] + u0, A::mul(o, A::tanh(cn)));
+      if (gsave) {
+        A::storen(gsave[r] + u0, i, valid[q]);
+        A::storen(gsave[r] + H + u0, f, valid[q]);
+        A::storen(gsave[r] + 2 * H + u0, g, valid[q]);
+        A::storen(gsave[r] + 3 * H + u0, o, valid[q]);
+        A::storen(csave[r] + u0, cn, valid[q]);
+      }
+    }
+  }
+}
+
+// Unit blocks [j, j + NB) of N active rows (batch indices rows[0..N)) at time t.
+template <class A, int N, int NB>
+inline void fwd_group(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t,
+                      const int64_t* rows, int64_t b0, int64_t j, const float* hs, float* cs, float* hpre_all) {
+  const int64_t B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W);
+  const float* gx[N];
+  const float* h[N];
+  float* c[N];
+  float* hpre[N];
+  float* gsave[N];
+  float* csave[N];
+  for (int r = 0; r < N; ++r) {
+    const int64_t row = (t * B + rows[r]) * D + d;
+    gx[r] = p.gx + row * G;
+    h[r] = hs + (rows[r] - b0) * P;
+    c[r] = cs + (rows[r] - b0) * Hp;
+    hpre[r] = hpre_all + (rows[r] - b0) * Hp;
+    gsave[r] = p.gates ? p.gates + row * G : nullptr;
+    csave[r] = p.cells ? p.cells + row * H : nullptr;
+  }
+  fwd_blocks<A, N, NB>(p, wf, j, gx, h, c, hpre, p.gates ? gsave : nullptr, csave);
+}
+
+// Tail of n < kMaxRows rows: two unit blocks per pass keep 8 independent FMA
+// chains in flight (per-lane arithmetic is the same as in full groups).
+template <class A, int N>
+void fwd_tail(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* rows,
+              int64_t b0, int64_t Hb, const float* hs, float* cs, float* hpre) {
+  int64_t j = 0;
+  for (; j + 2 <= Hb; j += 2) fwd_group<A, N, 2>(p, wf, d, t, rows, b0, j, hs, cs, hpre);
+  for (; j < Hb; ++j) fwd_group<A, N, 1>(p, wf, d, t, rows, b0, j, hs, cs, hpre);
+}
+
+// One time step of the active rows act[0..n). Unit blocks are the outer
+// loop so one block's weights stay in L1/L2 while every row group uses them.
+template <class A>
+void fwd_step(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* act,
+              int64_t n, int64_t b0, float* hs, float* cs, float* hpre) {
+  const int64_t H = p.hidden, P = p.proj, B = p.batch, D = p.directions;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  constexpr int R = A::kMaxRows;
+  const int64_t full = n / R * R;
+  if (full > 0)
+    for (int64_t j = 0; j < Hb; ++j)
+      for (int64_t g = 0; g < full; g += R) fwd_group<A, R, 1>(p, wf, d, t, act + g, b0, j, hs, cs, hpre);
+  switch (n - full) {
+    case 1: fwd_tail<A, 1>(p, wf, d, t, act + full, b0, Hb, hs, cs, hpre); break;
+    case 2: if constexpr (R > 2) fwd_tail<A, 2>(p, wf, d, t, act + full, b0, Hb, hs, cs, hpre); break;
+    case 3: if constexpr (R > 3) fwd_tail<A, 3>(p, wf, d, t, act + full, b0, Hb, hs, cs, hpre); break;
+    default: break;
+  }
+  // New hidden state (projected when w_hr is given) -> state and output.
+  const float* whr = p.w_hr ? p.w_hr + d * P * H : nullptr;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t b = act[r];
+    float* hrow = hs + (b - b0) * P;
+    const float* hp = hpre + (b - b0) * Hp;
+    if (whr) {
+      for (int64_t q = 0; q < P; ++q) {
+        const float* wq = whr + q * H;
+        float acc = 0.f;
+        for (int64_t k = 0; k < H; ++k) acc += wq[k] * hp[k];
+        hrow[q] = acc;
+      }
+    } else {
+      std::memcpy(hrow, hp, sizeof(float) * H);
+    }
+    std::memcpy(p.y + ((t * B + b) * D + d) * P, hrow, sizeof(float) * P);
+  }
+}
+
+template <class A>
+void simd_recurrence_fwd_task(const LstmRecurrenceFwdParams<float>& p, const float* packed, int64_t d, int64_t b0,
+                              int64_t b1, float* scratch) {
+  const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  const int64_t nb = b1 - b0;
+  const float* wf = packed + d * Hb * P * 4 * A::W;
+  float* hs = scratch;          // (nb, P) hidden state
+  float* cs = hs + nb * P;      // (nb, Hp) cell state, padded lanes stay finite
+  float* hpre = cs + nb * Hp;   // (nb, Hp) o * tanh(c) before projection
+  // (nb) active rows of a step; the offset is rounded up to keep int64 alignment.
+  int64_t* act = reinterpret_cast<int64_t*>(scratch + round_up(nb * P + 2 * nb * Hp, 2));
+  for (int64_t b = b0; b < b1; ++b) {
+    std::memcpy(hs + (b - b0) * P, p.h0 + (d * B + b) * P, sizeof(float) * P);
+    std::memcpy(cs + (b - b0) * Hp, p.c0 + (d * B + b) * H, sizeof(float) * H);
+    std::memset(cs + (b - b0) * Hp + H, 0, sizeof(float) * (Hp - H));
+  }
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = step_time(s, d, T_);
+    int64_t n = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (p.lengths && t >= p.lengths[b]) {
+        // Past this sequence's end: zero outputs, state untouched.
+        const int64_t row = (t * B + b) * D + d;
+        std::memset(p.y + row * P, 0, sizeof(float) * P);
+        if (p.gates) std::memset(p.gates + row * G, 0, sizeof(float) * G);
+        if (p.cells) std::memset(p.cells + row * H, 0, sizeof(float) * H);
+        continue;
+      }
+      act[n++] = b;
+    }
+    fwd_step<A>(p, wf, d, t, act, n, b0, hs, cs, hpre);
+  }
+  for (int64_t b = b0; b < b1; ++b) {
+    std::memcpy(p.hn + (d * B + b) * P, hs + (b - b0) * P, sizeof(float) * P);
+    std::memcpy(p.cn + (d * B + b) * H, cs + (b - b0) * Hp, sizeof(float) * H);
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+// dh_{t-1} for N rows and KB column blocks starting at kb: sum over r of
+// dgates[r] * w_hh[r][cols]; dg[r] points to the row's G gate gradients.
+template <class A, int N, int KB>
+inline void bwd_matvec(const float* wb, int64_t G, int64_t P, int64_t kb, const float* const* dg, float* const* dh) {
+  using V = typename A::V;
+  V acc[N][KB];
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < KB; ++q) acc[r][q] = A::zero();
+  const float* w = wb + kb * G * A::W;
+  for (int64_t g = 0; g < G; ++g) {
+    V db[N];
+    for (int r = 0; r < N; ++r) db[r] = A::set1(dg[r][g]);
+    for (int q = 0; q < KB; ++q) {
+      const V wv = A::load(w + (q * G + g) * A::W);
+      for (int r = 0; r < N; ++r) acc[r][q] = A::fma(wv, db[r], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < KB; ++q) A::store(dh[r] + (kb + q) * A::W, acc[r][q]);
+  (void)P;
+}
+
+// Elementwise backward of one active row b at time t: dgates (to p.dgates)
+// and the running dL/dc; dhp / dhpre are one row of temporaries.
+template <class A>
+void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int64_t b, int64_t b0, float* dhs,
+              float* dcs, float* dhp, float* dhpre) {
+  using V = typename A::V;
+  const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W);
+  const float* whr = p.w_hr ? p.w_hr + d * P * H : nullptr;
+  const int64_t row = (t * B + b) * D + d;
+  const float* dhrow = dhs + (b - b0) * Pp;
+  float* dcrow = dcs + (b - b0) * Hp;
+  const float* dy = p.dy + row * P;
+  for (int64_t q = 0; q < P; ++q) dhp[q] = dy[q] + dhrow[q];
+  if (whr) {
+    if (p.dhproj) std::memcpy(p.dhproj + row * P, dhp, sizeof(float) * P);
+    std::fill(dhpre, dhpre + Hp, 0.f);
+    for (int64_t q = 0; q < P; ++q) {
+      const float* wq = whr + q * H;
+      const float a = dhp[q];
+      for (int64_t k = 0; k < H; ++k) dhpre[k] += wq[k] * a;
+    }
+  } else {
+    std::memcpy(dhpre, dhp, sizeof(float) * H);
+    std::fill(dhpre + H, dhpre + Hp, 0.f);
+  }
+  const int64_t len = p.lengths ? p.lengths[b] : T_;
+  const bool first = d == 1 ? (t + 1 >= len) : (t == 0);
+  const float* cprev = first ? p.c0 + (d * B + b) * H : p.cells + (((d == 1 ? t + 1 : t - 1) * B + b) * D + d) * H;
+  const float* gs = p.gates + row * G;
+  const float* cs = p.cells + row * H;
+  float* dg = p.dgates + row * G;
+  const V one = A::set1(1.f);
+  for (int64_t u0 = 0; u0 < Hp; u0 += A::W) {
+    const int n = static_cast<int>(std::min<int64_t>(A::W, H - u0));
+    const V i = A::loadn(gs + u0, n), f = A::loadn(gs + H + u0, n);
+    const V g = A::loadn(gs + 2 * H + u0, n), o = A::loadn(gs + 3 * H + u0, n);
+    const V c = A::loadn(cs + u0, n), cp = A::loadn(cprev + u0, n);
+    const V dhv = A::load(dhpre + u0), dcv = A::load(dcrow + u0);
+    const V tc = A::tanh(c);
+    const V dct = A::fma(A::mul(dhv, o), A::sub(one, A::mul(tc, tc)), dcv);
+    A::storen(dg + u0, A::mul(A::mul(dct, g), A::mul(i, A::sub(one, i))), n);
+    A::storen(dg + H + u0, A::mul(A::mul(dct, cp), A::mul(f, A::sub(one, f))), n);
+    A::storen(dg + 2 * H + u0, A::mul(A::mul(dct, i), A::sub(one, A::mul(g, g))), n);
+    A::storen(dg + 3 * H + u0, A::mul(A::mul(dhv, tc), A::mul(o, A::sub(one, o))), n);
+    A::store(dcrow + u0, A::mul(dct, f));
+  }
+}
+
+template <class A, int N, int KB>
+inline void bwd_group(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t,
+                      const int64_t* rows, int64_t b0, int64_t kb, float* dhs) {
+  const int64_t B = p.batch, D = p.directions, G = 4 * p.hidden, Pp = round_up(p.proj, A::W);
+  const float* dg[N];
+  float* dh[N];
+  for (int r = 0; r < N; ++r) {
+    dg[r] = p.dgates + ((t * B + rows[r]) * D + d) * G;
+    dh[r] = dhs + (rows[r] - b0) * Pp;
+  }
+  bwd_matvec<A, N, KB>(wb, G, p.proj, kb, dg, dh);
+}
+
+template <class A, int N>
+void bwd_tail(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t, const int64_t* rows,
+              int64_t b0, int64_t Pb, float* dhs) {
+  constexpr int KB = N == 1 ? 8 : (N == 2 ? 4 : 2);
+  int64_t kb = 0;
+  for (; kb + KB <= Pb; kb += KB) bwd_group<A, N, KB>(p, wb, d, t, rows, b0, kb, dhs);
+  for (; kb < Pb; ++kb) bwd_group<A, N, 1>(p, wb, d, t, rows, b0, kb, dhs);
+}
+
+// dh_{t-1} of the active rows, column blocks outer so their weights are
+// reused by every row group while cached.
+template <class A>
+void bwd_step_matvec(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t,
+                     const int64_t* act, int64_t n, int64_t b0, float* dhs) {
+  const int64_t Pb = round_up(p.proj, A::W) / A::W;
+  constexpr int R = A::kMaxRows;
+  constexpr int KB = R >= 4 ? 4 : 2;
+  const int64_t full = n / R * R;
+  if (full > 0) {
+    int64_t kb = 0;
+    for (; kb + KB <= Pb; kb += KB)
+      for (int64_t g = 0; g < full; g += R) bwd_group<A, R, KB>(p, wb, d, t, act + g, b0, kb, dhs);
+    for (; kb < Pb; ++kb)
+      for (int64_t g = 0; g < full; g += R) bwd_group<A, R, 1>(p, wb, d, t, act + g, b0, kb, dhs);
+  }
+  switch (n - full) {
+    case 1: bwd_tail<A, 1>(p, wb, d, t, act + full, b0, Pb, dhs); break;
+    case 2: if constexpr (R > 2) bwd_tail<A, 2>(p, wb, d, t, act + full, b0, Pb, dhs); break;
+    case 3: if constexpr (R > 3) bwd_tail<A, 3>(p, wb, d, t, act + full, b0, Pb, dhs); break;
+    default: break;
+  }
+}
+
+template <class A>
+void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const float* packed, int64_t d, int64_t b0,
+                              int64_t b1, float* scratch) {
+  const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W, Pp = round_up(P, A::W), Pb = Pp / A::W;
+  const int64_t nb = b1 - b0;
+  const float* wb = packed + D * Hb * P * 4 * A::W + d * Pb * G * A::W;
+  float* dhs = scratch;          // (nb, Pp) running dL/dh_t
+  float* dcs = dhs + nb * Pp;    // (nb, Hp) running dL/dc_t
+  float* dhp = dcs + nb * Hp;    // (Pp) one row's dL/d(projected h)
+  float* dhpre = dhp + Pp;       // (Hp) one row's dL/d(o * tanh(c))
+  int64_t* act = reinterpret_cast<int64_t*>(dhpre + Hp);  // (nb) active rows of a step
+  for (int64_t b = b0; b < b1; ++b) {
+    float* dh = dhs + (b - b0) * Pp;
+    float* dc = dcs + (b - b0) * Hp;
+    std::fill(dh, dh + Pp, 0.f);
+    std::fill(dc, dc + Hp, 0.f);
+    if (p.dhn) std::memcpy(dh, p.dhn + (d * B + b) * P, sizeof(float) * P);
+    if (p.dcn) std::memcpy(dc, p.dcn + (d * B + b) * H, sizeof(float) * H);
+  }
+  for (int64_t s = T_ - 1; s >= 0; --s) {
+    const int64_t t = step_time(s, d, T_);
+    int64_t n = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (p.lengths && t >= p.lengths[b]) {
+        const int64_t row = (t * B + b) * D + d;
+        std::memset(p.dgates + row * G, 0, sizeof(float) * G);
+        if (p.dhproj) std::memset(p.dhproj + row * P, 0, sizeof(float) * P);
+        continue;
+      }
+      act[n++] = b;
+      bwd_cell<A>(p, d, t, b, b0, dhs, dcs, dhp, dhpre);
+    }
+    bwd_step_matvec<A>(p, wb, d, t, act, n, b0, dhs);
+  }
+  for (int64_t b = b0; b < b1; ++b) {
+    std::memcpy(p.dh0 + (d * B + b) * P, dhs + (b - b0) * Pp, sizeof(float) * P);
+    std::memcpy(p.dc0 + (d * B + b) * H, dcs + (b - b0) * Hp, sizeof(float) * H);
+  }
+}
+
+// ---------------------------------------------------------------- input projection
+
+// N rows x one unit block j of direction d: bias + w_ih · x, all four gates.
+template <class A, int N>
+inline void proj_block(const LstmInputProjParams& p, const float* wj, const float* bias, int64_t d, int64_t j,
+                       const int64_t r0) {
+  using V = typename A::V;
+  const int64_t H = p.hidden, I = p.input, G = 4 * H, D = p.directions;
+  const int64_t u0 = j * A::W;
+  const int valid = static_cast<int>(std::min<int64_t>(A::W, H - u0));
+  V acc[N][4];
+  for (int g = 0; g < 4; ++g) {
+    const V b0 = bias ? A::loadn(bias + g * H + u0, valid) : A::zero();
+    for (int r = 0; r < N; ++r) acc[r][g] = b0;
+  }
+  const float* x[N];
+  for (int r = 0; r < N; ++r) x[r] = p.x + (r0 + r) * I;
+  for (int64_t k = 0; k < I; ++k) {
+    V xb[N];
+    for (int r = 0; r < N; ++r) xb[r] = A::set1(x[r][k]);
+    for (int g = 0; g < 4; ++g) {
+      const V wv = A::load(wj + (k * 4 + g) * A::W);
+      for (int r = 0; r < N; ++r) acc[r][g] = A::fma(wv, xb[r], acc[r][g]);
+    }
+  }
+  for (int r = 0; r < N; ++r) {
+    float* out = p.gx + ((r0 + r) * D + d) * G + u0;
+    for (int g = 0; g < 4; ++g) A::storen(out + g * H, acc[r][g], valid);
+  }
+}
+
+// Rows [r0, r1) of direction d. Loop order keeps one block's weights
+// (4 * W * I floats) in L1 while the rows stream past.
+template <class A>
+void simd_input_proj_task(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1) {
+  const int64_t H = p.hidden, I = p.input;
+  const int64_t Hb = round_up(H, A::W) / A::W;
+  const float* wd = p.w_packed + d * Hb * I * 4 * A::W;
+  const float* bias = p.bias ? p.bias + d * 4 * H : nullptr;
+  constexpr int R = A::kMaxRows;
+  // Row tiles of ~64 KB of x stay in L2 while every unit block passes over them.
+  const int64_t tile = std::max<int64_t>(R, (16384 / std::max<int64_t>(I, 1)) / R * R);
+  for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+    const int64_t t1 = std::min(r1, t0 + tile);
+    for (int64_t j = 0; j < Hb; ++j) {
+      const float* wj = wd + j * I * 4 * A::W;
+      int64_t r = t0;
+      for (; r + R <= t1; r += R) proj_block<A, R>(p, wj, bias, d, j, r);
+      for (; r < t1; ++r) proj_block<A, 1>(p, wj, bias, d, j, r);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastlstm
+
+// Defines the task entry points of one ISA (float: SIMD; double: see dispatch).
+#define FASTLSTM_DEFINE_SIMD_RECURRENCE_VARIANT(isa, Traits)                                              \
+  namespace fastlstm {                                                                                    \
+  namespace cpu {                                                                                         \
+  int lstm_vector_width_##isa() { return Traits::W; }                                                     \
+  int64_t lstm_task_scratch_##isa(int64_t rows, int64_t H, int64_t P) {                                   \
+    return simd_task_scratch<Traits>(rows, H, P);                                                         \
+  }                                                                                                       \
+  void lstm_recurrence_fwd_task_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,       \
+                                      int64_t d, int64_t b0, int64_t b1, float* scratch) {                \
+    simd_recurrence_fwd_task<Traits>(p, packed, d, b0, b1, scratch);                                      \
+  }                                                                                                       \
+  void lstm_recurrence_bwd_task_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,       \
+                                      int64_t d, int64_t b0, int64_t b1, float* scratch) {                \
+    simd_recurrence_bwd_task<Traits>(p, packed, d, b0, b1, scratch);                                      \
+  }                                                                                                       \
+  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1) {      \
+    simd_input_proj_task<Traits>(p, d, r0, r1);                                                           \
+  }                                                                                                       \
+  }                                                                                                       \
+  }
