@@ -3,6 +3,13 @@ import os
 # Outputs start as NaN so a kernel that leaves an element unwritten fails.
 os.environ.setdefault("FASTLSTM_NAN_FILL", "1")
 
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors.
+# Triton reads this when it is imported, so it is set before any test module
+# (or torch.compile) can import triton; subprocesses drop it (run_python).
+_HAS_CUDA_GPU = __import__("torch").cuda.is_available()
+if not _HAS_CUDA_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,9 +51,10 @@ def run_python(code: str, timeout: float = 300, **env: str) -> subprocess.Comple
 
     package_root = str(Path(fastlstm.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    base = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-        cwd="/", env={**os.environ, "PYTHONPATH": path, **env},
+        cwd="/", env={**base, "PYTHONPATH": path, **env},
     )
 
 
