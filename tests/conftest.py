@@ -3,12 +3,33 @@ import os
 # Outputs start as NaN so a kernel that leaves an element unwritten fails.
 os.environ.setdefault("FASTLSTM_NAN_FILL", "1")
 
-# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors.
-# Triton reads this when it is imported, so it is set before any test module
-# (or torch.compile) can import triton; subprocesses drop it (run_python).
-_HAS_CUDA_GPU = __import__("torch").cuda.is_available()
-if not _HAS_CUDA_GPU:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+def _import_triton_interpreted() -> None:
+    """Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors.
+    Triton decides that when it is imported, so it is imported here, first,
+    with TRITON_INTERPRET=1; the variable is then removed again so it does not
+    make the Triton backend look available to every other test (the Triton
+    tests set it around themselves)."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET")
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_import_triton_interpreted()
+
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -10,19 +10,31 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-triton = pytest.importorskip("triton", reason="triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Set only around this module's imports and tests (see tests/conftest.py):
+# a process-wide value would make the Triton backend look available everywhere.
+INTERPRET = "1" if DEVICE == "cpu" else os.environ.get("TRITON_INTERPRET")
+_saved = os.environ.get("TRITON_INTERPRET")
+if INTERPRET is not None:
+    os.environ["TRITON_INTERPRET"] = INTERPRET
+try:
+    triton = pytest.importorskip("triton", reason="triton is not installed")
+    from fastlstm.triton import attention as triton_attention  # noqa: E402,F401  (registers the ops)
+finally:
+    if _saved is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
 
 from fastlstm import reference  # noqa: E402
 from fastlstm.ops import sparse_attention  # noqa: E402
-from fastlstm.triton import attention as triton_attention  # noqa: E402,F401  (registers the ops)
 from fastlstm.testing import assert_parity  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    if INTERPRET is not None:
+        monkeypatch.setenv("TRITON_INTERPRET", INTERPRET)
 
 # name: (B, H, Tq, Tk, D, Dv, window, global_tokens, padded); tiles are 64 wide,
 # so T = 150 spans three tiles with a ragged last one and windows skip tiles.
