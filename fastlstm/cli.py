@@ -11,28 +11,18 @@ import platform
 import sys
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import fastlstm
     from fastlstm import _ext
+    from fastlstm.bench.core import cpu_model
 
     rows = [
         ("fastlstm", fastlstm.__version__),
         ("torch", torch.__version__),
         ("python", platform.python_version()),
-        ("cpu", _cpu_model()),
+        ("cpu", cpu_model()),
         ("_C", "loaded" if _ext.available() else f"not loaded ({_ext.load_error})"),
         ("cpu capability", _ext.cpu_capability()),
         ("detected capability", _ext._C.detected_cpu_capability() if _ext.available() else "-"),
