@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import fastlstm
+
 STEPS, BATCH, T = 5, 8, 6
 
 _COMMON = textwrap.dedent(
@@ -78,11 +80,11 @@ def _free_port() -> int:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
 def test_ddp_two_processes_matches_single_process(tmp_path):
     out_path = tmp_path / "ddp.pt"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(fastlstm.__file__).resolve().parent.parent), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     port = _free_port()
     procs = [
         subprocess.Popen([sys.executable, "-c", _WORKER, str(rank), "2", str(port), str(out_path), str(STEPS),
-                          str(BATCH), str(T)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          str(BATCH), str(T)], env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in range(2)
     ]
     try:

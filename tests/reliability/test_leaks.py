@@ -52,9 +52,9 @@ _SCRIPT = textwrap.dedent(
 # time per call it would cost minutes of CI for no fastlstm code under test.
 @pytest.mark.skipif("cpu" not in fastlstm.available_backends("cpu"), reason="fastlstm._C unavailable")
 def test_repeated_forward_backward_does_not_leak(backend="cpu"):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(fastlstm.__file__).resolve().parent.parent))
     run = subprocess.run([sys.executable, "-c", _SCRIPT, backend, "10000"], capture_output=True, text=True,
-                         env=env, timeout=600)
+                         env=env, cwd="/", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     growth = int(run.stdout.split()[-1])
     print(f"RSS growth over 10000 calls ({backend}): {growth / 2**20:.2f} MiB")

@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+import fastlstm
+
 pytest.importorskip("triton", reason="triton is not installed")
 
 _SCRIPT = textwrap.dedent(
@@ -61,7 +63,7 @@ _SCRIPT = textwrap.dedent(
 
 
 def test_triton_backend_interpreted_reliability():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(fastlstm.__file__).resolve().parent.parent), TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, cwd="/", timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert "triton ok" in run.stdout

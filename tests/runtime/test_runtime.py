@@ -14,7 +14,8 @@ from fastlstm._ext import _C
 from fastlstm.runtime import format as rt_format
 
 pytestmark = pytest.mark.skipif(_C is None, reason="needs fastlstm._C")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The directory holding the fastlstm this test imported (installed or in-tree).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
 
 
 def test_import_runtime_does_not_import_torch(tmp_path):
@@ -29,14 +30,14 @@ def test_import_runtime_does_not_import_torch(tmp_path):
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
 def test_import_fastlstm_keeps_its_names():
     code = "import fastlstm, torch; fastlstm.LSTM(2, 3); fastlstm.quantize_dynamic; fastlstm.ops.lstm; print('ok')"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
