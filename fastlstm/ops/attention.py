@@ -126,7 +126,7 @@ def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_ma
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output):
     q, k, v, left, right, global_tokens, scale, key_padding_mask = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
@@ -134,18 +134,24 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    left, right, global_tokens, scale = ctx.pattern
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.fastlstm.sparse_attention_backward(
-        q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask
-    )
-    return dq, dk, dv, None, None, None, None, None
+def make_backward(backward_op):
+    """Autograd backward for a sparse-attention forward op whose backward is
+    ``backward_op`` (shared by the C++/CUDA and Triton op pairs)."""
+
+    def _backward(ctx, dout, _dlse):
+        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+        left, right, global_tokens, scale = ctx.pattern
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = backward_op(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask)
+        return dq, dk, dv, None, None, None, None, None
+
+    return _backward
 
 
-sparse_attention_op.register_autograd(_backward, setup_context=_setup_context)
+sparse_attention_op.register_autograd(
+    make_backward(lambda *args: torch.ops.fastlstm.sparse_attention_backward(*args)), setup_context=setup_context
+)
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from fastlstm.ops._alloc import empty
+from fastlstm.ops.attention import make_backward, setup_context
 
 
 @triton.jit
@@ -312,26 +313,10 @@ def _attention_bwd(
     return dq, dk, dv
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, left, right, global_tokens, scale, key_padding_mask = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-    ctx.pattern = (left, right, global_tokens, scale)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    left, right, global_tokens, scale = ctx.pattern
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.fastlstm.triton_sparse_attention_backward(
-        q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask
-    )
-    return dq, dk, dv, None, None, None, None, None
-
-
-_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_attention_fwd.register_autograd(
+    make_backward(lambda *args: torch.ops.fastlstm.triton_sparse_attention_backward(*args)),
+    setup_context=setup_context,
+)
 
 
 def sparse_attention(
