@@ -107,17 +107,19 @@ struct Lanes<double> {
   typedef double type __attribute__((vector_size(kCols * sizeof(double))));
 };
 
-// s[r][off + j] = sum_d x[r][d] * xt[d][c0 + j] for the padded width of each
-// segment. x: kRows x D (rows past blk.rows are zero); xt: D x ldt with zero
-// columns past Tk (at least kCols of them).
+// s[r][off + j] = sum_d x[r][d] * xt[d][pos(c0 + j)] for the padded width of
+// each segment. x: kRows x D (rows past blk.rows are zero); xt: D x ldt, the
+// chunk's keys in its compact layout (zero columns after each range).
 template <typename T>
-void tile_scores(const Block& blk, const T* x, int64_t D, const T* xt, int64_t ldt, T* s, int64_t lds) {
+void tile_scores(const Block& blk, const AttentionChunk& ch, const T* x, int64_t D, const T* xt, int64_t ldt, T* s,
+                 int64_t lds) {
   typedef typename Lanes<T>::type V;
   for (int g = 0; g < blk.nseg; ++g) {
     const Segment& seg = blk.seg[g];
+    const T* base = xt + ch.pos_of(seg.c0);
     for (int64_t jb = 0; jb < seg.width; jb += kCols) {
       V acc[kRows] = {};
-      const T* col = xt + seg.c0 + jb;
+      const T* col = base + jb;
       for (int64_t d = 0; d < D; ++d) {
         V kv;
         std::memcpy(&kv, col + d * ldt, sizeof(kv));
@@ -128,8 +130,6 @@ void tile_scores(const Block& blk, const T* x, int64_t D, const T* xt, int64_t l
   }
 }
 
-// out[r][:] = alpha * sum_c p[r][col(c)] * y[c][:] over the block's columns.
-// y: Tk x Dy row-major. Writes rows < blk.rows of out (row stride Dy).
 template <typename T>
 void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, T alpha, T* out) {
   typedef typename Lanes<T>::type V;
@@ -285,62 +285,66 @@ void load_rows(const T* x, int64_t i0, int rows, int64_t D, T* tile) {
   if (rows < kRows) std::memset(tile + rows * D, 0, sizeof(T) * (kRows - rows) * D);
 }
 
-// xt[d][c] = x[c][d] for c < Tk, 0 for Tk <= c < Tk + kCols.
+// xt[d][pos] = x[c][d] for the chunk's keys in its compact layout (row
+// length ch.ld), zero in the kCols columns after each range.
 template <typename T>
-void transpose_padded(const T* x, int64_t Tk, int64_t D, T* xt) {
-  const int64_t ld = Tk + kCols;
-  for (int64_t c = 0; c < Tk; ++c)
-    for (int64_t d = 0; d < D; ++d) xt[d * ld + c] = x[c * D + d];
-  for (int64_t d = 0; d < D; ++d)
-    for (int64_t c = Tk; c < ld; ++c) xt[d * ld + c] = 0;
-}
-
-template <typename T>
-void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t bh_begin, int64_t bh_end,
-                                  T* scratch) {
-  const int64_t Tq = p.q_len, Tk = p.k_len, D = p.head_dim, Dv = p.v_dim, H = p.heads;
-  const int64_t ldt = Tk + kCols, lds = Tk + 2 * kCols;
-  T* kt = scratch;             // D x ldt
-  T* qt = kt + D * ldt;        // kRows x D
-  T* s = qt + kRows * D;       // kRows x lds
-  const T ninf = -std::numeric_limits<T>::infinity();
-  for (int64_t bh = bh_begin; bh < bh_end; ++bh) {
-    const int64_t b = bh / H;
-    const T* q = p.q + bh * Tq * D;
-    const T* k = p.k + bh * Tk * D;
-    const T* v = p.v + bh * Tk * Dv;
-    T* out = p.out + bh * Tq * Dv;
-    T* lse = p.lse + bh * Tq;
-    const uint8_t* pad = p.pattern.key_padding ? p.pattern.key_padding + b * Tk : nullptr;
-    transpose_padded(k, Tk, D, kt);
-    for (int64_t i0 = 0; i0 < Tq; i0 += kRows) {
-      const Block blk = make_block(p.pattern, i0, Tq, Tk);
-      load_rows(q, i0, blk.rows, D, qt);
-      tile_scores(blk, qt, D, kt, ldt, s, lds);
-      for (int r = 0; r < kRows; ++r) {
-        T* sr = s + r * lds;
-        mask_row(blk, r, pad, p.scale, sr);
-        const T m = row_max(sr, blk.width);
-        if (r >= blk.rows || m == ninf) {  // tile padding, or no allowed key: output 0, lse -inf
-          for (int64_t c = 0; c < blk.width; ++c) sr[c] = 0;
-          if (r < blk.rows) lse[i0 + r] = ninf;
-          continue;
-        }
-        const T l = row_exp(sr, blk.width, m);
-        const T inv = T(1) / l;
-        for (int64_t c = 0; c < blk.width; ++c) sr[c] *= inv;
-        lse[i0 + r] = m + std::log(l);
-      }
-      tile_combine(blk, s, lds, v, Dv, T(1), out + i0 * Dv);
-    }
+void transpose_chunk(const T* x, const AttentionChunk& ch, int64_t D, T* xt) {
+  const int64_t ld = ch.ld;
+  for (int g = 0; g < ch.nseg; ++g) {
+    const int64_t n = ch.c1[g] - ch.c0[g];
+    const T* xs = x + ch.c0[g] * D;
+    T* dst = xt + ch.pos[g];
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t d = 0; d < D; ++d) dst[d * ld + c] = xs[c * D + d];
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t c = n; c < n + kCols; ++c) dst[d * ld + c] = 0;
   }
 }
 
 template <typename T>
-void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t bh_begin, int64_t bh_end,
+void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t bh, const AttentionChunk& ch,
                                   T* scratch) {
   const int64_t Tq = p.q_len, Tk = p.k_len, D = p.head_dim, Dv = p.v_dim, H = p.heads;
-  const int64_t ldt = Tk + kCols, lds = Tk + 2 * kCols;
+  const int64_t ldt = ch.ld, lds = Tk + 2 * kCols;
+  T* kt = scratch;             // D x ldt
+  T* qt = kt + D * ldt;        // kRows x D
+  T* s = qt + kRows * D;       // kRows x lds
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t b = bh / H;
+  const T* q = p.q + bh * Tq * D;
+  const T* k = p.k + bh * Tk * D;
+  const T* v = p.v + bh * Tk * Dv;
+  T* out = p.out + bh * Tq * Dv;
+  T* lse = p.lse + bh * Tq;
+  const uint8_t* pad = p.pattern.key_padding ? p.pattern.key_padding + b * Tk : nullptr;
+  transpose_chunk(k, ch, D, kt);
+  for (int64_t i0 = ch.i0; i0 < ch.i0 + ch.rows; i0 += kRows) {
+    const Block blk = make_block(p.pattern, i0, Tq, Tk);
+    load_rows(q, i0, blk.rows, D, qt);
+    tile_scores(blk, ch, qt, D, kt, ldt, s, lds);
+    for (int r = 0; r < kRows; ++r) {
+      T* sr = s + r * lds;
+      mask_row(blk, r, pad, p.scale, sr);
+      const T m = row_max(sr, blk.width);
+      if (r >= blk.rows || m == ninf) {  // tile padding, or no allowed key: output 0, lse -inf
+        for (int64_t c = 0; c < blk.width; ++c) sr[c] = 0;
+        if (r < blk.rows) lse[i0 + r] = ninf;
+        continue;
+      }
+      const T l = row_exp(sr, blk.width, m);
+      const T inv = T(1) / l;
+      for (int64_t c = 0; c < blk.width; ++c) sr[c] *= inv;
+      lse[i0 + r] = m + std::log(l);
+    }
+    tile_combine(blk, s, lds, v, Dv, T(1), out + i0 * Dv);
+  }
+}
+
+template <typename T>
+void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t bh, const AttentionChunk& ch,
+                                  T* dk_part, T* dv_part, T* scratch) {
+  const int64_t Tq = p.q_len, Tk = p.k_len, D = p.head_dim, Dv = p.v_dim, H = p.heads;
+  const int64_t ldt = ch.ld, lds = Tk + 2 * kCols;
   T* kt = scratch;              // D x ldt
   T* vt = kt + D * ldt;         // Dv x ldt
   T* qt = vt + Dv * ldt;        // kRows x D
@@ -348,58 +352,57 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
   T* s = dot + kRows * Dv;      // kRows x lds: P
   T* dp = s + kRows * lds;      // kRows x lds: dP, then dS
   const T ninf = -std::numeric_limits<T>::infinity();
-  for (int64_t bh = bh_begin; bh < bh_end; ++bh) {
-    const int64_t b = bh / H;
-    const T* q = p.q + bh * Tq * D;
-    const T* k = p.k + bh * Tk * D;
-    const T* v = p.v + bh * Tk * Dv;
-    const T* o = p.out + bh * Tq * Dv;
-    const T* lse = p.lse + bh * Tq;
-    const T* dout = p.dout + bh * Tq * Dv;
-    T* dq = p.dq + bh * Tq * D;
-    T* dk = p.dk + bh * Tk * D;
-    T* dv = p.dv + bh * Tk * Dv;
-    const uint8_t* pad = p.pattern.key_padding ? p.pattern.key_padding + b * Tk : nullptr;
-    transpose_padded(k, Tk, D, kt);
-    transpose_padded(v, Tk, Dv, vt);
-    std::memset(dk, 0, sizeof(T) * Tk * D);
-    std::memset(dv, 0, sizeof(T) * Tk * Dv);
-    for (int64_t i0 = 0; i0 < Tq; i0 += kRows) {
-      const Block blk = make_block(p.pattern, i0, Tq, Tk);
-      load_rows(q, i0, blk.rows, D, qt);
-      load_rows(dout, i0, blk.rows, Dv, dot);
-      tile_scores(blk, qt, D, kt, ldt, s, lds);
-      tile_scores(blk, dot, Dv, vt, ldt, dp, lds);
-      for (int r = 0; r < kRows; ++r) {
-        T* sr = s + r * lds;
-        T* dr = dp + r * lds;
-        mask_row(blk, r, pad, p.scale, sr);
-        const T row_lse = r < blk.rows ? lse[i0 + r] : ninf;
-        if (row_lse == ninf) {  // padding row of the tile, or a row with no allowed key
-          for (int64_t c = 0; c < blk.width; ++c) sr[c] = 0, dr[c] = 0;
-          continue;
-        }
-        // delta = dO . O = sum_c P dP, the softmax-backward correction.
-        T delta = 0;
-        for (int64_t d = 0; d < Dv; ++d) delta += dout[(i0 + r) * Dv + d] * o[(i0 + r) * Dv + d];
-        row_exp(sr, blk.width, row_lse);
-        for (int64_t c = 0; c < blk.width; ++c) dr[c] = sr[c] * (dr[c] - delta);  // dS w.r.t. the scaled score
+  const int64_t b = bh / H;
+  const T* q = p.q + bh * Tq * D;
+  const T* k = p.k + bh * Tk * D;
+  const T* v = p.v + bh * Tk * Dv;
+  const T* o = p.out + bh * Tq * Dv;
+  const T* lse = p.lse + bh * Tq;
+  const T* dout = p.dout + bh * Tq * Dv;
+  T* dq = p.dq + bh * Tq * D;
+  const uint8_t* pad = p.pattern.key_padding ? p.pattern.key_padding + b * Tk : nullptr;
+  transpose_chunk(k, ch, D, kt);
+  transpose_chunk(v, ch, Dv, vt);
+  for (int g = 0; g < ch.nseg; ++g) {
+    std::memset(dk_part + ch.pos[g] * D, 0, sizeof(T) * (ch.c1[g] - ch.c0[g]) * D);
+    std::memset(dv_part + ch.pos[g] * Dv, 0, sizeof(T) * (ch.c1[g] - ch.c0[g]) * Dv);
+  }
+  for (int64_t i0 = ch.i0; i0 < ch.i0 + ch.rows; i0 += kRows) {
+    const Block blk = make_block(p.pattern, i0, Tq, Tk);
+    load_rows(q, i0, blk.rows, D, qt);
+    load_rows(dout, i0, blk.rows, Dv, dot);
+    tile_scores(blk, ch, qt, D, kt, ldt, s, lds);
+    tile_scores(blk, ch, dot, Dv, vt, ldt, dp, lds);
+    for (int r = 0; r < kRows; ++r) {
+      T* sr = s + r * lds;
+      T* dr = dp + r * lds;
+      mask_row(blk, r, pad, p.scale, sr);
+      const T row_lse = r < blk.rows ? lse[i0 + r] : ninf;
+      if (row_lse == ninf) {  // padding row of the tile, or a row with no allowed key
+        for (int64_t c = 0; c < blk.width; ++c) sr[c] = 0, dr[c] = 0;
+        continue;
       }
-      tile_combine(blk, dp, lds, k, D, p.scale, dq + i0 * D);
-      // dK[c] += scale * sum_r dS[r][c] q[r];  dV[c] += sum_r P[r][c] dO[r].
-      for (int g = 0; g < blk.nseg; ++g) {
-        const Segment& seg = blk.seg[g];
-        for (int64_t c = seg.c0; c < seg.c1; ++c) {
-          const int64_t col = seg.off + (c - seg.c0);
-          T a[kRows], e[kRows];
-          for (int r = 0; r < kRows; ++r) a[r] = dp[r * lds + col] * p.scale, e[r] = s[r * lds + col];
-          T* dkc = dk + c * D;
-          for (int64_t d = 0; d < D; ++d)
-            dkc[d] += a[0] * qt[d] + a[1] * qt[D + d] + a[2] * qt[2 * D + d] + a[3] * qt[3 * D + d];
-          T* dvc = dv + c * Dv;
-          for (int64_t d = 0; d < Dv; ++d)
-            dvc[d] += e[0] * dot[d] + e[1] * dot[Dv + d] + e[2] * dot[2 * Dv + d] + e[3] * dot[3 * Dv + d];
-        }
+      // delta = dO . O = sum_c P dP, the softmax-backward correction.
+      T delta = 0;
+      for (int64_t d = 0; d < Dv; ++d) delta += dout[(i0 + r) * Dv + d] * o[(i0 + r) * Dv + d];
+      row_exp(sr, blk.width, row_lse);
+      for (int64_t c = 0; c < blk.width; ++c) dr[c] = sr[c] * (dr[c] - delta);  // dS w.r.t. the scaled score
+    }
+    tile_combine(blk, dp, lds, k, D, p.scale, dq + i0 * D);
+    // dK[c] += scale * sum_r dS[r][c] q[r];  dV[c] += sum_r P[r][c] dO[r].
+    for (int g = 0; g < blk.nseg; ++g) {
+      const Segment& seg = blk.seg[g];
+      const int64_t pos0 = ch.pos_of(seg.c0);
+      for (int64_t c = seg.c0; c < seg.c1; ++c) {
+        const int64_t col = seg.off + (c - seg.c0);
+        T a[kRows], e[kRows];
+        for (int r = 0; r < kRows; ++r) a[r] = dp[r * lds + col] * p.scale, e[r] = s[r * lds + col];
+        T* dkc = dk_part + (pos0 + c - seg.c0) * D;
+        for (int64_t d = 0; d < D; ++d)
+          dkc[d] += a[0] * qt[d] + a[1] * qt[D + d] + a[2] * qt[2 * D + d] + a[3] * qt[3 * D + d];
+        T* dvc = dv_part + (pos0 + c - seg.c0) * Dv;
+        for (int64_t d = 0; d < Dv; ++d)
+          dvc[d] += e[0] * dot[d] + e[1] * dot[Dv + d] + e[2] * dot[2 * Dv + d] + e[3] * dot[3 * Dv + d];
       }
     }
   }
@@ -410,24 +413,24 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
 }  // namespace fastlstm
 
 // Defines the four variant entry points for one ISA name.
-#define FASTLSTM_DEFINE_GENERIC_SPARSE_ATTENTION_VARIANT(isa)                                          \
-  namespace fastlstm {                                                                                \
-  namespace cpu {                                                                                     \
-  void sparse_attention_fwd_##isa(const SparseAttentionFwdParams<float>& p, int64_t b0, int64_t b1,  \
-                                  float* s) {                                                         \
-    generic_sparse_attention_fwd(p, b0, b1, s);                                                       \
-  }                                                                                                   \
-  void sparse_attention_fwd_##isa(const SparseAttentionFwdParams<double>& p, int64_t b0, int64_t b1, \
-                                  double* s) {                                                        \
-    generic_sparse_attention_fwd(p, b0, b1, s);                                                       \
-  }                                                                                                   \
-  void sparse_attention_bwd_##isa(const SparseAttentionBwdParams<float>& p, int64_t b0, int64_t b1,  \
-                                  float* s) {                                                         \
-    generic_sparse_attention_bwd(p, b0, b1, s);                                                       \
-  }                                                                                                   \
-  void sparse_attention_bwd_##isa(const SparseAttentionBwdParams<double>& p, int64_t b0, int64_t b1, \
-                                  double* s) {                                                        \
-    generic_sparse_attention_bwd(p, b0, b1, s);                                                       \
-  }                                                                                                   \
-  }                                                                                                   \
+#define FASTLSTM_DEFINE_GENERIC_SPARSE_ATTENTION_VARIANT(isa)                                              \
+  namespace fastlstm {                                                                                    \
+  namespace cpu {                                                                                         \
+  void sparse_attention_fwd_##isa(const SparseAttentionFwdParams<float>& p, int64_t bh,                  \
+                                  const AttentionChunk& c, float* s) {                                    \
+    generic_sparse_attention_fwd(p, bh, c, s);                                                            \
+  }                                                                                                       \
+  void sparse_attention_fwd_##isa(const SparseAttentionFwdParams<double>& p, int64_t bh,                 \
+                                  const AttentionChunk& c, double* s) {                                   \
+    generic_sparse_attention_fwd(p, bh, c, s);                                                            \
+  }                                                                                                       \
+  void sparse_attention_bwd_##isa(const SparseAttentionBwdParams<float>& p, int64_t bh,                  \
+                                  const AttentionChunk& c, float* dk, float* dv, float* s) {              \
+    generic_sparse_attention_bwd(p, bh, c, dk, dv, s);                                                    \
+  }                                                                                                       \
+  void sparse_attention_bwd_##isa(const SparseAttentionBwdParams<double>& p, int64_t bh,                 \
+                                  const AttentionChunk& c, double* dk, double* dv, double* s) {           \
+    generic_sparse_attention_bwd(p, bh, c, dk, dv, s);                                                    \
+  }                                                                                                       \
+  }                                                                                                       \
   }

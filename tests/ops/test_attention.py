@@ -23,6 +23,13 @@ CASES = {
     "T1": (2, 2, 1, 1, 4, 4, (3, 3), 0, False),
     "cross-lengths": (1, 2, 19, 23, 6, 6, (2, 5), 1, True),
     "T-not-tile-multiple": (1, 1, 67, 67, 33, 17, (16, 15), 2, False),
+    # Few slices and T > 64: the CPU kernel cuts queries into chunks and sums
+    # the chunks' dK/dV (global keys and window overlap chunks; a global row).
+    "chunked": (1, 2, 200, 200, 8, 8, (20, 5), 3, True),
+    "chunked-cross-lengths": (1, 1, 150, 131, 4, 6, (10, 30), 2, True),
+    "chunked-dense": (1, 1, 130, 140, 4, 4, None, 0, False),
+    # B*H >= 8: whole slices per task.
+    "many-slices": (4, 2, 100, 100, 8, 8, (7, 7), 1, True),
 }
 
 
