@@ -117,7 +117,28 @@ void tile_scores(const Block& blk, const AttentionChunk& ch, const T* x, int64_t
   for (int g = 0; g < blk.nseg; ++g) {
     const Segment& seg = blk.seg[g];
     const T* base = xt + ch.pos_of(seg.c0);
-    for (int64_t jb = 0; jb < seg.width; jb += kCols) {
+    int64_t jb = 0;
+    // Two column tiles at once: 2 * kRows independent accumulators hide the
+    // FMA latency (one tile's kRows chains alone stall on it).
+    for (; jb + 2 * kCols <= seg.width; jb += 2 * kCols) {
+      V acc[kRows] = {}, acc2[kRows] = {};
+      const T* col = base + jb;
+      for (int64_t d = 0; d < D; ++d) {
+        V kv, kv2;
+        std::memcpy(&kv, col + d * ldt, sizeof(kv));
+        std::memcpy(&kv2, col + d * ldt + kCols, sizeof(kv2));
+        for (int r = 0; r < kRows; ++r) {
+          const T xr = x[r * D + d];
+          acc[r] += xr * kv;
+          acc2[r] += xr * kv2;
+        }
+      }
+      for (int r = 0; r < kRows; ++r) {
+        std::memcpy(s + r * lds + seg.off + jb, &acc[r], sizeof(V));
+        std::memcpy(s + r * lds + seg.off + jb + kCols, &acc2[r], sizeof(V));
+      }
+    }
+    for (; jb < seg.width; jb += kCols) {
       V acc[kRows] = {};
       const T* col = base + jb;
       for (int64_t d = 0; d < D; ++d) {
@@ -134,6 +155,29 @@ template <typename T>
 void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, T alpha, T* out) {
   typedef typename Lanes<T>::type V;
   int64_t d0 = 0;
+  // Two vectors of the output row at once: 2 * kRows accumulator chains.
+  for (; d0 + 2 * kCols <= Dy; d0 += 2 * kCols) {
+    V acc[kRows] = {}, acc2[kRows] = {};
+    for (int g = 0; g < blk.nseg; ++g) {
+      const Segment& seg = blk.seg[g];
+      for (int64_t c = seg.c0; c < seg.c1; ++c) {
+        V yv, yv2;
+        std::memcpy(&yv, y + c * Dy + d0, sizeof(yv));
+        std::memcpy(&yv2, y + c * Dy + d0 + kCols, sizeof(yv2));
+        const int64_t col = seg.off + (c - seg.c0);
+        for (int r = 0; r < kRows; ++r) {
+          const T pr = p[r * lds + col];
+          acc[r] += pr * yv;
+          acc2[r] += pr * yv2;
+        }
+      }
+    }
+    for (int r = 0; r < blk.rows; ++r) {
+      const V o = acc[r] * alpha, o2 = acc2[r] * alpha;
+      std::memcpy(out + r * Dy + d0, &o, sizeof(V));
+      std::memcpy(out + r * Dy + d0 + kCols, &o2, sizeof(V));
+    }
+  }
   for (; d0 + kCols <= Dy; d0 += kCols) {
     V acc[kRows] = {};
     for (int g = 0; g < blk.nseg; ++g) {
@@ -164,6 +208,49 @@ void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t
   }
   for (int r = 0; r < blk.rows; ++r)
     for (int64_t jj = 0; jj < w; ++jj) out[r * Dy + d0 + jj] = alpha * acc[r][jj];
+}
+
+// dst[pos0 + j][:] += mul * sum_r w[r][off + j] * x[r][:] for j < n (a rank-kRows
+// update of n rows of Dx = NV * kCols elements). The x tile stays in registers
+// across the rows; NV = 0 is the generic loop for other widths.
+template <typename T, int NV>
+void rank_update(const T* w, int64_t lds, int64_t off, int64_t n, T mul, const T* x, int64_t Dx, T* dst) {
+  typedef typename Lanes<T>::type V;
+  if constexpr (NV == 0) {
+    for (int64_t j = 0; j < n; ++j) {
+      T a[kRows];
+      for (int r = 0; r < kRows; ++r) a[r] = w[r * lds + off + j] * mul;
+      T* dr = dst + j * Dx;
+      for (int64_t d = 0; d < Dx; ++d)
+        dr[d] += a[0] * x[d] + a[1] * x[Dx + d] + a[2] * x[2 * Dx + d] + a[3] * x[3 * Dx + d];
+    }
+  } else {
+    static_assert(kRows == 4, "rank_update assumes 4 rows");
+    V xv[kRows][NV];
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < NV; ++v) std::memcpy(&xv[r][v], x + r * Dx + v * kCols, sizeof(V));
+    for (int64_t j = 0; j < n; ++j) {
+      T a[kRows];
+      for (int r = 0; r < kRows; ++r) a[r] = w[r * lds + off + j] * mul;
+      T* dr = dst + j * Dx;
+      for (int v = 0; v < NV; ++v) {
+        V acc;
+        std::memcpy(&acc, dr + v * kCols, sizeof(V));
+        const V lo = a[0] * xv[0][v] + a[1] * xv[1][v];
+        const V hi = a[2] * xv[2][v] + a[3] * xv[3][v];
+        acc += lo + hi;
+        std::memcpy(dr + v * kCols, &acc, sizeof(V));
+      }
+    }
+  }
+}
+
+template <typename T>
+void rank_update_any(const T* w, int64_t lds, int64_t off, int64_t n, T mul, const T* x, int64_t Dx, T* dst) {
+  if (Dx == kCols) return rank_update<T, 1>(w, lds, off, n, mul, x, Dx, dst);
+  if (Dx == 2 * kCols) return rank_update<T, 2>(w, lds, off, n, mul, x, Dx, dst);
+  if (Dx == 4 * kCols) return rank_update<T, 4>(w, lds, off, n, mul, x, Dx, dst);
+  rank_update<T, 0>(w, lds, off, n, mul, x, Dx, dst);
 }
 
 // Scales row r's scores and replaces disallowed columns (outside the row's
@@ -392,18 +479,9 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
     // dK[c] += scale * sum_r dS[r][c] q[r];  dV[c] += sum_r P[r][c] dO[r].
     for (int g = 0; g < blk.nseg; ++g) {
       const Segment& seg = blk.seg[g];
-      const int64_t pos0 = ch.pos_of(seg.c0);
-      for (int64_t c = seg.c0; c < seg.c1; ++c) {
-        const int64_t col = seg.off + (c - seg.c0);
-        T a[kRows], e[kRows];
-        for (int r = 0; r < kRows; ++r) a[r] = dp[r * lds + col] * p.scale, e[r] = s[r * lds + col];
-        T* dkc = dk_part + (pos0 + c - seg.c0) * D;
-        for (int64_t d = 0; d < D; ++d)
-          dkc[d] += a[0] * qt[d] + a[1] * qt[D + d] + a[2] * qt[2 * D + d] + a[3] * qt[3 * D + d];
-        T* dvc = dv_part + (pos0 + c - seg.c0) * Dv;
-        for (int64_t d = 0; d < Dv; ++d)
-          dvc[d] += e[0] * dot[d] + e[1] * dot[Dv + d] + e[2] * dot[2 * Dv + d] + e[3] * dot[3 * Dv + d];
-      }
+      const int64_t pos0 = ch.pos_of(seg.c0), n = seg.c1 - seg.c0;
+      rank_update_any(dp, lds, seg.off, n, p.scale, qt, D, dk_part + pos0 * D);
+      rank_update_any(s, lds, seg.off, n, T(1), dot, Dv, dv_part + pos0 * Dv);
     }
   }
 }
