@@ -294,10 +294,36 @@ void lstm_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p) {
 
 // int8: VNNI uses 8-bit activations with vpdpbusd; the avx2 and avx512 levels
 // use the AVX2 kernels (7-bit activations, vpmaddubsw).
+namespace {
+std::atomic<bool>& int8_amx_wanted() {
+  static std::atomic<bool> wanted{[] {
+    const char* env = std::getenv("FASTLSTM_INT8_AMX");
+    return !(env && std::strcmp(env, "0") == 0);
+  }()};
+  return wanted;
+}
+bool int8_amx_active() {
+#if defined(FASTLSTM_HAVE_AMX)
+  return int8_amx_wanted().load() && int8_amx_supported();
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool int8_set_amx(bool enabled) {
+  int8_amx_wanted().store(enabled);
+  return int8_amx_active() && active_cpu_capability() == CpuCapability::Avx512Vnni;
+}
+
 const Int8Kernels& int8_kernels() {
   switch (active_cpu_capability()) {
 #if defined(FASTLSTM_HAVE_AVX512)
-    case CpuCapability::Avx512Vnni: return int8_kernels_avx512_vnni();
+    case CpuCapability::Avx512Vnni:
+#if defined(FASTLSTM_HAVE_AMX)
+      if (int8_amx_active()) return int8_kernels_amx();
+#endif
+      return int8_kernels_avx512_vnni();
 #endif
 #if defined(FASTLSTM_HAVE_AVX2)
     case CpuCapability::Avx512:

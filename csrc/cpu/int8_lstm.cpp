@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
 
 #include "int8_lstm.h"
+#include "omp_team.h"
 
 namespace fastlstm {
 namespace cpu {
@@ -22,21 +22,15 @@ void int8_lstm_fwd(const Int8LstmParams& p) {
   std::vector<Int8Work> items;
   for (int64_t d = 0; d < D; ++d)
     for (int64_t s = 0; s < slices; ++s) items.push_back({d, B * s / slices, B * (s + 1) / slices});
-  const int64_t workers = std::min<int64_t>(nt, static_cast<int64_t>(items.size()));
-  std::vector<std::vector<unsigned char>> scratch(workers);
-  for (int64_t w = 0; w < workers; ++w) {
-    int64_t bytes = 0;
-    for (size_t i = w; i < items.size(); i += workers)
-      bytes = std::max(bytes, k.worker_scratch_bytes(p, items[i].b1 - items[i].b0));
-    scratch[w].resize(bytes);
-  }
-  auto run = [&](int64_t w) {
-    for (size_t i = w; i < items.size(); i += workers) k.worker(p, items[i], scratch[w].data());
-  };
-  std::vector<std::thread> threads;
-  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(run, w);
-  run(0);
-  for (auto& t : threads) t.join();
+  int64_t bytes = 0;
+  for (const Int8Work& w : items) bytes = std::max(bytes, k.worker_scratch_bytes(p, w.b1 - w.b0));
+  // On torch's OpenMP team when torch is loaded (omp_team.h), else the pool;
+  // scratch is per thread and kept between calls (a few hundred KiB).
+  team_for(static_cast<int64_t>(items.size()), static_cast<int>(nt), [&](int64_t i) {
+    thread_local std::vector<unsigned char> scratch;
+    if (static_cast<int64_t>(scratch.size()) < bytes) scratch.resize(static_cast<size_t>(bytes));
+    k.worker(p, items[static_cast<size_t>(i)], scratch.data());
+  });
 }
 
 void int8_pack_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* rowsum) {

@@ -31,8 +31,15 @@ struct Int8Kernels {
 const Int8Kernels& int8_kernels_scalar();
 const Int8Kernels& int8_kernels_avx2();
 const Int8Kernels& int8_kernels_avx512_vnni();
-// The active ISA's kernels (dispatch.cpp).
+const Int8Kernels& int8_kernels_amx();
+// The CPU and OS allow AMX int8 (int8_lstm_amx.cpp; false when not compiled in).
+bool int8_amx_supported();
+// The active ISA's kernels (dispatch.cpp): at the avx512_vnni level, the AMX
+// kernels when supported and enabled (FASTLSTM_INT8_AMX=0 or
+// int8_set_amx(false) turns them off; results are the same either way).
 const Int8Kernels& int8_kernels();
+// Enables/disables the AMX int8 kernels; returns whether they are now in use.
+bool int8_set_amx(bool enabled);
 
 // Whole layer: checks nothing (the binding did), splits work over threads.
 void int8_lstm_fwd(const Int8LstmParams& p);

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "fastlstm/int8_params.h"
 #include "int8_lstm.h"
@@ -29,6 +30,26 @@ inline int64_t i8_chunk(int64_t T, int64_t rows, int64_t G) {
   const int64_t fit = (256 * 1024) / std::max<int64_t>(1, rows * G * 4);
   return std::max<int64_t>(1, std::min<int64_t>({kInt8Chunk, fit, std::max<int64_t>(T, 1)}));
 }
+
+// Activation rows a kernel may read: tile kernels (AMX) read whole 16-row
+// tiles, so the activation buffers hold the row count rounded up to 32.
+inline int64_t i8_pad_rows(int64_t rows) { return (rows + 31) / 32 * 32; }
+
+// Kernels with tile state (AMX) define tiles_begin()/tiles_end(), called around each GEMM.
+template <class K, class = void>
+struct i8_has_tiles : std::false_type {};
+template <class K>
+struct i8_has_tiles<K, std::void_t<decltype(K::tiles_begin())>> : std::true_type {};
+
+template <class K>
+struct I8Tiles {
+  I8Tiles() {
+    if constexpr (i8_has_tiles<K>::value) K::tiles_begin();
+  }
+  ~I8Tiles() {
+    if constexpr (i8_has_tiles<K>::value) K::tiles_end();
+  }
+};
 
 inline int64_t i8_time_at(int64_t s, int64_t d, int64_t T) { return d == 1 ? T - 1 - s : s; }
 inline int64_t i8_align(int64_t n) { return (n + 63) / 64 * 64; }
@@ -78,6 +99,7 @@ void i8_linear(const uint8_t* q, int64_t ldq, const float* xs, int64_t rows, int
                const float* ws, const int32_t* rowsum, int64_t N, int off, const float* add, int64_t ldadd,
                const float* bias, float* out, int64_t ldout) {
   const int64_t nblocks = int8_round_up(N, 16) / 16;
+  const I8Tiles<K> tiles;
   // Output-block groups outer, row tiles inner: a group's weights (<= 32 KiB)
   // stay in L1 while every row uses them, so each weight byte leaves L2 once.
   const int64_t group = std::max<int64_t>(1, std::min<int64_t>(nblocks, (32 * 1024) / (16 * Kp)));
@@ -106,9 +128,10 @@ template <class K>
 int64_t i8_worker_scratch_bytes(const Int8LstmParams& p, int64_t rows) {
   const int64_t G = 4 * p.hidden, Ip = int8_round_up(p.input, 4), Pp = int8_round_up(p.proj, 4),
                 Hp = int8_round_up(p.hidden, 4), Tc = i8_chunk(p.seq_len, rows, G);
-  return i8_align(Tc * rows * Ip) + i8_align(4 * Tc * rows) + i8_align(4 * Tc * rows * G) +
-         i8_align(rows * Pp) + i8_align(4 * rows) + i8_align(4 * rows * G) + i8_align(4 * rows * p.hidden) +
-         i8_align(rows * Hp) + i8_align(4 * rows) + i8_align(4 * rows * p.proj) + 64;
+  return i8_align(i8_pad_rows(Tc * rows) * Ip) + i8_align(4 * Tc * rows) + i8_align(4 * Tc * rows * G) +
+         i8_align(i8_pad_rows(rows) * Pp) + i8_align(4 * rows) + i8_align(4 * rows * G) +
+         i8_align(4 * rows * p.hidden) + i8_align(i8_pad_rows(rows) * Hp) + i8_align(4 * rows) +
+         i8_align(4 * rows * p.proj) + 64;
 }
 
 template <class K>
@@ -122,14 +145,14 @@ void i8_worker(const Int8LstmParams& p, const Int8Work& wk, unsigned char* scrat
 
   unsigned char* s = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
   auto take = [&s](int64_t bytes) { unsigned char* r = s; s += i8_align(bytes); return r; };
-  uint8_t* qx = take(Tc * Bs * Ip);
+  uint8_t* qx = take(i8_pad_rows(Tc * Bs) * Ip);
   float* xs = reinterpret_cast<float*>(take(4 * Tc * Bs));
   float* gx = reinterpret_cast<float*>(take(4 * Tc * Bs * G));
-  uint8_t* qh = take(Bs * Pp);
+  uint8_t* qh = take(i8_pad_rows(Bs) * Pp);
   float* hs = reinterpret_cast<float*>(take(4 * Bs));
   float* pre = reinterpret_cast<float*>(take(4 * Bs * G));
   float* hpre = reinterpret_cast<float*>(take(4 * Bs * H));
-  uint8_t* qhp = take(Bs * Hp);
+  uint8_t* qhp = take(i8_pad_rows(Bs) * Hp);
   float* hps = reinterpret_cast<float*>(take(4 * Bs));
   float* pout = reinterpret_cast<float*>(take(4 * Bs * P));
 
@@ -193,6 +216,7 @@ void i8_matmul_s32(const float* x, int64_t rows, int64_t Kd, const int8_t* w, co
   uint8_t* q = scratch;
   const int off = qmax + 1;
   for (int64_t r = 0; r < rows; ++r) xs[r] = K::quantize_row(x + r * Kd, Kd, Kp, qmax, q + r * Kp);
+  const I8Tiles<K> tiles;
   for (int64_t r0 = 0; r0 < rows; r0 += K::kRows) {
     const int R = static_cast<int>(std::min<int64_t>(K::kRows, rows - r0));
     auto emit = [&](int64_t nb, int nbc, const int32_t* acc) {
@@ -235,6 +259,7 @@ inline float i8_scale(float amax, float nonfinite, int qmax, float* inv) {
 }  // namespace fastlstm
 
 // Defines int8_kernels_<isa>() from a kernel struct K.
+// (The testing entry's scratch must hold i8_pad_rows(rows) * round_up(K, 4) bytes.)
 #define FASTLSTM_DEFINE_INT8_KERNELS(isa, K)                                                          \
   namespace fastlstm {                                                                               \
   namespace cpu {                                                                                    \

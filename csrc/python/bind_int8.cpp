@@ -100,6 +100,11 @@ void bind_int8(py::module_& m) {
       },
       "(name, activation qmax) of the int8 kernels the active ISA level uses.");
   m.def(
+      "int8_set_amx", [](bool enabled) { return cpu::int8_set_amx(enabled); },
+      "Enables or disables the AMX int8 kernels (used at the avx512_vnni level when the CPU "
+      "and OS allow; same results as the VNNI kernels). Returns whether they are now in use.",
+      py::arg("enabled"));
+  m.def(
       "int8_matmul_s32",
       [](Buf x, Buf w_packed, Buf rowsum, Buf acc, Buf xs, int64_t rows, int64_t k, int64_t n, int qmax) {
         const char* fn = "int8_matmul_s32";
@@ -114,7 +119,8 @@ void bind_int8(py::module_& m) {
         const int32_t* rp = checked_ptr<const int32_t>(rowsum, n, true, fn, "rowsum");
         int32_t* ap = checked_ptr<int32_t>(acc, checked_mul({rows, n}, fn, "acc"), true, fn, "acc");
         float* sp = checked_ptr<float>(xs, rows, true, fn, "xs");
-        std::vector<unsigned char> scratch(static_cast<size_t>(rows * int8_round_up(k, 4)) + 1);
+        // Padded to 32 rows: tile kernels read whole tiles.
+        std::vector<unsigned char> scratch(static_cast<size_t>((rows + 31) / 32 * 32 * int8_round_up(k, 4)) + 1);
         py::gil_scoped_release release;
         kern.matmul_s32(xp, rows, k, wp, rp, n, qmax, ap, sp, scratch.data());
       },

@@ -20,6 +20,17 @@ def level():
     saved = _C.cpu_capability()
     yield lambda name: _C.set_cpu_capability(name)
     _C.set_cpu_capability(saved)
+    _C.int8_set_amx(True)
+
+
+def amx_available() -> bool:
+    """The AMX int8 kernels can run here (AVX-512 VNNI level, CPU and OS allow)."""
+    saved = _C.cpu_capability()
+    try:
+        _C.set_cpu_capability(_C.detected_cpu_capability())
+        return _C.int8_set_amx(True)
+    finally:
+        _C.set_cpu_capability(saved)
 
 
 def pack(w):
@@ -38,7 +49,8 @@ def matmul_s32(x, packed, rowsum, n, qmax):
     return acc, xs
 
 
-@pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (3, 5, 17), (9, 45, 37), (13, 130, 64), (8, 256, 16), (6, 33, 200), (2, 64, 130)],
+@pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (3, 5, 17), (9, 45, 37), (13, 130, 64), (8, 256, 16), (6, 33, 200), (2, 64, 130),
+                          (40, 200, 50), (33, 64, 33), (16, 128, 32)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("qmax", [63, 127])
 def test_accumulators_bit_exact_vs_scalar(level, rows, k, n, qmax):
@@ -59,22 +71,30 @@ def test_accumulators_bit_exact_vs_scalar(level, rows, k, n, qmax):
     checked = 0
     for name in available_levels()[1:]:
         level(name)
-        if _C.int8_kernel_info()[1] < qmax:
-            continue
-        acc, xs = matmul_s32(x, packed, rowsum, n, qmax)
-        assert np.array_equal(acc, ref_acc), name
-        assert np.array_equal(xs, ref_xs), name
-        checked += 1
+        for amx in (False, True) if name == "avx512_vnni" else (False,):
+            if _C.int8_set_amx(amx) != amx or _C.int8_kernel_info()[1] < qmax:
+                continue
+            acc, xs = matmul_s32(x, packed, rowsum, n, qmax)
+            assert np.array_equal(acc, ref_acc), _C.int8_kernel_info()[0]
+            assert np.array_equal(xs, ref_xs), _C.int8_kernel_info()[0]
+            checked += 1
     if _C.detected_cpu_capability() == "avx512_vnni":
-        assert checked == (3 if qmax == 63 else 1)  # avx2, avx512 (AVX2 kernels), vnni
+        # avx2, avx512 (AVX2 kernels), vnni, and amx where the CPU has it
+        assert checked == (3 if qmax == 63 else 1) + amx_available()
 
 
 def test_kernel_choice_follows_level(level):
+    amx = amx_available()
     expected = {"scalar": ("scalar", 127), "avx2": ("avx2", 63), "avx512": ("avx2", 63),
-                "avx512_vnni": ("avx512_vnni", 127)}
+                "avx512_vnni": ("amx" if amx else "avx512_vnni", 127)}
     for name in available_levels():
         level(name)
         assert _C.int8_kernel_info() == expected[name]
+        assert _C.int8_set_amx(True) == (amx and name == "avx512_vnni")
+    if "avx512_vnni" in available_levels():
+        level("avx512_vnni")
+        assert _C.int8_set_amx(False) is False
+        assert _C.int8_kernel_info() == ("avx512_vnni", 127)
 
 
 def test_avx2_rejects_8bit_activations(level):

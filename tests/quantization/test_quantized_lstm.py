@@ -131,6 +131,28 @@ def test_isa_variants_agree():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("proj", [0, 24])
+def test_amx_kernels_bitwise_equal_vnni(proj):
+    """The AMX kernels compute the same exact int32 products as VNNI: outputs are bitwise equal
+    (batch 40: two 16-row tiles and a tail; I=100: a K tail after the 64-byte tiles)."""
+    saved = _C.cpu_capability()
+    try:
+        _C.set_cpu_capability(_C.detected_cpu_capability())
+        if not _C.int8_set_amx(True):
+            pytest.skip("no AMX int8 on this CPU/OS")
+        q = QuantizedLSTM.from_float(nn.LSTM(100, 64, num_layers=2, bidirectional=True, proj_size=proj))
+        x = torch.randn(6, 40, 100)
+        amx = q(x)
+        assert _C.int8_kernel_info()[0] == "amx"
+        _C.int8_set_amx(False)
+        vnni = q(x)
+    finally:
+        _C.int8_set_amx(True)
+        _C.set_cpu_capability(saved)
+    assert torch.equal(amx[0], vnni[0]) and torch.equal(amx[1][0], vnni[1][0]) and torch.equal(amx[1][1], vnni[1][1])
+
+
+@torch.no_grad()
 def test_results_do_not_depend_on_thread_count():
     from fastlstm import runtime
 
