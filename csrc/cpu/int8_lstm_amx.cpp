@@ -16,26 +16,37 @@ namespace fastlstm {
 namespace cpu {
 namespace {
 
-struct TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
+// ldtilecfg's 64-byte operand (palette 1): every tile register 16 rows x 64
+// bytes. A constant in memory: GCC 12's _tile_loadconfig tells the compiler it
+// reads only the first 8 bytes, so the stores of a stack-built config were
+// moved past the ldtilecfg, which faulted.
+alignas(64) const uint8_t kTileConfig[64] = {
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,          // palette, start_row, reserved
+    64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0,  // colsb of tmm0-7 (uint16)
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,          // colsb of tmm8-15 (unused)
+    16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0,  // rows
 };
 
 struct AmxInt8 : VnniInt8 {
   // Rows per tile call: two 16-row A tiles share every B (weight) tile load.
   static constexpr int kRows = 32;
-  static constexpr int blocks_for(int) { return 2; }
+  // Below this many rows a tile multiply is mostly padding and VNNI's
+  // register-blocked GEMV is faster (batch 1: ~1.7x), so those row tiles run
+  // the VNNI code (same results).
+  static constexpr int kTileMinRows = 8;
+  // Input projections of more steps at once (gates of up to 1 MiB, half of
+  // L2): 16x more rows share each weight tile than with one step at batch 32.
+  static constexpr int64_t kChunkBytes = 1024 * 1024;
+  static constexpr int blocks_for(int rows) { return rows < kTileMinRows ? VnniInt8::blocks_for(rows) : 2; }
 
   // Every tile register 16 rows x 64 bytes: tmm0-3 accumulators (row tile x
   // weight block), tmm4-5 activations, tmm6-7 weights. Loaded per GEMM call
   // (other code on this thread, e.g. oneDNN, may use AMX with its own
   // configuration) and released after, so idle threads keep no tile state.
-  static void tiles_begin() {
-    TileConfig cfg;
-    for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
-    _tile_loadconfig(&cfg);
+  static bool tiles_begin(int64_t rows) {
+    if (rows < kTileMinRows) return false;
+    _tile_loadconfig(kTileConfig);
+    return true;
   }
   static void tiles_end() { _tile_release(); }
 
@@ -44,11 +55,23 @@ struct AmxInt8 : VnniInt8 {
   // buffers are padded to kRows rows (i8_pad_rows).
   template <int R, int NB>
   static void block(const uint8_t* q, int64_t ldq, int64_t Kp, const int8_t* w, int32_t* out) {
+    if constexpr (R < kTileMinRows) {
+      VnniInt8::block<R, NB>(q, ldq, Kp, w, out);
+    } else {
+      tile_block<R, NB>(q, ldq, Kp, w, out);
+    }
+  }
+
+  template <int R, int NB>
+  static void tile_block(const uint8_t* q, int64_t ldq, int64_t Kp, const int8_t* w, int32_t* out) {
     static_assert(NB >= 1 && NB <= 2 && R >= 1 && R <= 32, "AMX tile shape");
     constexpr int RT = (R + 15) / 16;
     const int64_t K64 = Kp / 64 * 64;
     alignas(64) int32_t c[2][2][256];
     if (K64 > 0) {
+      // GCC's tileloadd asm names no memory operand: keep earlier stores to
+      // the activation buffer from sinking past the tile loads.
+      asm volatile("" ::: "memory");
       _tile_zero(0);
       if constexpr (NB == 2) _tile_zero(1);
       if constexpr (RT == 2) _tile_zero(2);

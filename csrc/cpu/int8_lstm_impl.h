@@ -25,9 +25,21 @@ namespace {
 
 constexpr int64_t kInt8Chunk = 16;  // at most this many steps' input projections computed together
 
-// Steps per input-projection chunk: keeps the chunk's gates (Tc, rows, G) fp32 within ~256 KiB (L2).
+// Steps per input-projection chunk: keeps the chunk's gates (Tc, rows, G)
+// fp32 within `bytes` (256 KiB, L2, by default; kernels may set
+// K::kChunkBytes: AMX wants more rows per weight tile load).
+template <class K, class = void>
+struct i8_chunk_bytes {
+  static constexpr int64_t value = 256 * 1024;
+};
+template <class K>
+struct i8_chunk_bytes<K, std::void_t<decltype(K::kChunkBytes)>> {
+  static constexpr int64_t value = K::kChunkBytes;
+};
+
+template <class K>
 inline int64_t i8_chunk(int64_t T, int64_t rows, int64_t G) {
-  const int64_t fit = (256 * 1024) / std::max<int64_t>(1, rows * G * 4);
+  const int64_t fit = i8_chunk_bytes<K>::value / std::max<int64_t>(1, rows * G * 4);
   return std::max<int64_t>(1, std::min<int64_t>({kInt8Chunk, fit, std::max<int64_t>(T, 1)}));
 }
 
@@ -35,19 +47,23 @@ inline int64_t i8_chunk(int64_t T, int64_t rows, int64_t G) {
 // tiles, so the activation buffers hold the row count rounded up to 32.
 inline int64_t i8_pad_rows(int64_t rows) { return (rows + 31) / 32 * 32; }
 
-// Kernels with tile state (AMX) define tiles_begin()/tiles_end(), called around each GEMM.
+// Kernels with tile state (AMX) define tiles_begin(rows) (returns whether it
+// configured tiles for a GEMM of `rows` rows) and tiles_end(), called around each GEMM.
 template <class K, class = void>
 struct i8_has_tiles : std::false_type {};
 template <class K>
-struct i8_has_tiles<K, std::void_t<decltype(K::tiles_begin())>> : std::true_type {};
+struct i8_has_tiles<K, std::void_t<decltype(K::tiles_begin(int64_t{}))>> : std::true_type {};
 
 template <class K>
 struct I8Tiles {
-  I8Tiles() {
-    if constexpr (i8_has_tiles<K>::value) K::tiles_begin();
+  bool on = false;
+  explicit I8Tiles(int64_t rows) {
+    if constexpr (i8_has_tiles<K>::value) on = K::tiles_begin(rows);
   }
   ~I8Tiles() {
-    if constexpr (i8_has_tiles<K>::value) K::tiles_end();
+    if constexpr (i8_has_tiles<K>::value) {
+      if (on) K::tiles_end();
+    }
   }
 };
 
@@ -99,7 +115,7 @@ void i8_linear(const uint8_t* q, int64_t ldq, const float* xs, int64_t rows, int
                const float* ws, const int32_t* rowsum, int64_t N, int off, const float* add, int64_t ldadd,
                const float* bias, float* out, int64_t ldout) {
   const int64_t nblocks = int8_round_up(N, 16) / 16;
-  const I8Tiles<K> tiles;
+  const I8Tiles<K> tiles(rows);
   // Output-block groups outer, row tiles inner: a group's weights (<= 32 KiB)
   // stay in L1 while every row uses them, so each weight byte leaves L2 once.
   const int64_t group = std::max<int64_t>(1, std::min<int64_t>(nblocks, (32 * 1024) / (16 * Kp)));
@@ -127,7 +143,7 @@ void i8_linear(const uint8_t* q, int64_t ldq, const float* xs, int64_t rows, int
 template <class K>
 int64_t i8_worker_scratch_bytes(const Int8LstmParams& p, int64_t rows) {
   const int64_t G = 4 * p.hidden, Ip = int8_round_up(p.input, 4), Pp = int8_round_up(p.proj, 4),
-                Hp = int8_round_up(p.hidden, 4), Tc = i8_chunk(p.seq_len, rows, G);
+                Hp = int8_round_up(p.hidden, 4), Tc = i8_chunk<K>(p.seq_len, rows, G);
   return i8_align(i8_pad_rows(Tc * rows) * Ip) + i8_align(4 * Tc * rows) + i8_align(4 * Tc * rows * G) +
          i8_align(i8_pad_rows(rows) * Pp) + i8_align(4 * rows) + i8_align(4 * rows * G) +
          i8_align(4 * rows * p.hidden) + i8_align(i8_pad_rows(rows) * Hp) + i8_align(4 * rows) +
@@ -139,7 +155,7 @@ void i8_worker(const Int8LstmParams& p, const Int8Work& wk, unsigned char* scrat
   const int64_t T = p.seq_len, B = p.batch, D = p.directions, I = p.input, H = p.hidden, P = p.proj;
   const int64_t G = 4 * H, Ip = int8_round_up(I, 4), Pp = int8_round_up(P, 4), Hp = int8_round_up(H, 4);
   const int64_t d = wk.direction, b0 = wk.b0, Bs = wk.b1 - wk.b0;
-  const int64_t Tc = i8_chunk(T, Bs, G);
+  const int64_t Tc = i8_chunk<K>(T, Bs, G);
   const int off = K::kQmax + 1;
   const bool proj = p.w_hr != nullptr;
 
@@ -216,7 +232,7 @@ void i8_matmul_s32(const float* x, int64_t rows, int64_t Kd, const int8_t* w, co
   uint8_t* q = scratch;
   const int off = qmax + 1;
   for (int64_t r = 0; r < rows; ++r) xs[r] = K::quantize_row(x + r * Kd, Kd, Kp, qmax, q + r * Kp);
-  const I8Tiles<K> tiles;
+  const I8Tiles<K> tiles(rows);
   for (int64_t r0 = 0; r0 < rows; r0 += K::kRows) {
     const int R = static_cast<int>(std::min<int64_t>(K::kRows, rows - r0));
     auto emit = [&](int64_t nb, int nbc, const int32_t* acc) {
