@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "int8_lstm.h"
@@ -12,10 +13,47 @@
 namespace fastlstm {
 namespace cpu {
 
+namespace {
+
+// Parts of the hidden-unit split for this layer, or 0 to split by batch rows.
+// Used for one direction without projection and a batch of at least 8 with
+// threads to spare: each thread then streams 1/parts of the weights per step
+// (they stay in its L2) and every weight tile serves the whole batch, at the
+// cost of one barrier per step. Parts divide H into multiples of 16 units.
+int64_t split_parts(const Int8LstmParams& p, int64_t nt) {
+  if (p.directions != 1 || p.w_hr != nullptr || p.batch < 8 || nt < 2) return 0;
+  for (int64_t parts = nt; parts >= 2; --parts)
+    if (p.hidden % (16 * parts) == 0) return parts;
+  return 0;
+}
+
+void int8_lstm_fwd_split(const Int8LstmParams& p, const Int8Kernels& k, int64_t parts) {
+  const int64_t B = p.batch, H = p.hidden, n = H / parts;
+  std::vector<float> hbuf(static_cast<size_t>(2 * B * H));
+  Int8Barrier barrier;
+  barrier.parts = static_cast<int>(parts);
+  const int64_t bytes = k.split_scratch_bytes(p, n);
+  auto run = [&](int64_t part) {
+    thread_local std::vector<unsigned char> scratch;
+    if (static_cast<int64_t>(scratch.size()) < bytes) scratch.resize(static_cast<size_t>(bytes));
+    const Int8Split sp{part * n, (part + 1) * n, {hbuf.data(), hbuf.data() + B * H}, &barrier};
+    k.split_worker(p, sp, scratch.data());
+  };
+  // Dedicated threads: the parts wait for each other every step, so they must
+  // run concurrently (a pool or OpenMP team may run tasks one after another).
+  std::vector<std::thread> threads;
+  for (int64_t part = 1; part < parts; ++part) threads.emplace_back(run, part);
+  run(0);
+  for (auto& t : threads) t.join();
+}
+
+}  // namespace
+
 void int8_lstm_fwd(const Int8LstmParams& p) {
   const Int8Kernels& k = int8_kernels();
   const int64_t D = p.directions, B = p.batch;
   const int64_t nt = std::max(1, p.num_threads);
+  if (const int64_t parts = split_parts(p, nt)) return int8_lstm_fwd_split(p, k, parts);
   // Directions run concurrently first; leftover threads split the batch
   // (rows are independent, so results do not depend on the split).
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(B, nt / D));

@@ -2,7 +2,9 @@
 // layouts). `int8_kernels()` (dispatch.cpp) returns the active ISA's table.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <thread>
 
 #include "fastlstm/int8_params.h"
 
@@ -14,6 +16,33 @@ struct Int8Work {
   int64_t direction, b0, b1;
 };
 
+// Work of one thread in the hidden-unit split (one direction, no
+// projection): units [u0, u1) of every batch row. The parts exchange h_t
+// through h[2] (double-buffered (B, H)) and meet at `barrier` once per step.
+struct Int8Barrier {
+  std::atomic<int> count{0};
+  std::atomic<int64_t> generation{0};
+  int parts = 1;
+  // Spins briefly, then yields: the machine may be shared, and a descheduled
+  // partner must not cost a whole time slice of spinning.
+  void wait() {
+    const int64_t g = generation.load(std::memory_order_acquire);
+    if (count.fetch_add(1, std::memory_order_acq_rel) == parts - 1) {
+      count.store(0, std::memory_order_relaxed);
+      generation.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int i = 0; generation.load(std::memory_order_acquire) == g; ++i) {
+      if (i >= 4000) std::this_thread::yield();
+    }
+  }
+};
+struct Int8Split {
+  int64_t u0, u1;
+  float* h[2];
+  Int8Barrier* barrier;
+};
+
 struct Int8Kernels {
   const char* name;
   int qmax;  // activation range this ISA uses (127 or 63)
@@ -21,6 +50,9 @@ struct Int8Kernels {
   int64_t (*worker_scratch_bytes)(const Int8LstmParams& p, int64_t rows);
   // Runs one direction over one batch slice for all T steps.
   void (*worker)(const Int8LstmParams& p, const Int8Work& w, unsigned char* scratch);
+  // Scratch bytes and worker of the hidden-unit split (parts of n units).
+  int64_t (*split_scratch_bytes)(const Int8LstmParams& p, int64_t n);
+  void (*split_worker)(const Int8LstmParams& p, const Int8Split& w, unsigned char* scratch);
   // Testing entry: quantises `rows` rows of x (rows, K) with `qmax` and writes
   // the exact int32 products with packed(N, K) weights: acc (rows, N), and the
   // activation scales xs (rows). qmax must be <= this table's qmax.

@@ -226,6 +226,79 @@ void i8_worker(const Int8LstmParams& p, const Int8Work& wk, unsigned char* scrat
 }
 
 template <class K>
+int64_t i8_split_scratch_bytes(const Int8LstmParams& p, int64_t n) {
+  const int64_t B = p.batch, G = 4 * n, Ip = int8_round_up(p.input, 4), Hp = int8_round_up(p.hidden, 4),
+                Tc = i8_chunk<K>(p.seq_len, B, G);
+  return i8_align(i8_pad_rows(Tc * B) * Ip) + i8_align(4 * Tc * B) + i8_align(4 * Tc * B * G) +
+         i8_align(i8_pad_rows(B) * Hp) + i8_align(4 * B) + i8_align(4 * B * G) + 64;
+}
+
+// One direction (d = 0), no projection, units [u0, u1) (multiples of 16) of
+// every row: the four gates' rows of those units from W_ih and W_hh (each
+// thread streams 1/parts of the weights per step). Every part quantises the
+// whole h_{t-1} itself (per-row scales need all units), so one barrier per
+// step suffices: h_t goes to the other half of the double buffer. The same
+// arithmetic per element as i8_worker: results are bitwise equal.
+template <class K>
+void i8_split_worker(const Int8LstmParams& p, const Int8Split& sp, unsigned char* scratch) {
+  const int64_t T = p.seq_len, B = p.batch, I = p.input, H = p.hidden, G = 4 * H;
+  const int64_t u0 = sp.u0, n = sp.u1 - sp.u0, Gn = 4 * n;
+  const int64_t Ip = int8_round_up(I, 4), Hp = int8_round_up(H, 4);
+  const int64_t Tc = i8_chunk<K>(T, B, Gn);
+  const int off = K::kQmax + 1;
+
+  unsigned char* s = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
+  auto take = [&s](int64_t bytes) { unsigned char* r = s; s += i8_align(bytes); return r; };
+  uint8_t* qx = take(i8_pad_rows(Tc * B) * Ip);
+  float* xs = reinterpret_cast<float*>(take(4 * Tc * B));
+  float* gx = reinterpret_cast<float*>(take(4 * Tc * B * Gn));  // (Tc, B, [i f g o] x n)
+  uint8_t* qh = take(i8_pad_rows(B) * Hp);
+  float* hs = reinterpret_cast<float*>(take(4 * B));
+  float* pre = reinterpret_cast<float*>(take(4 * B * Gn));
+
+  const int64_t Kih = int8_round_up(I, 4), Khh = Hp;
+  auto rows_of = [&](const int8_t* w, int64_t Kp, int g) { return w + (g * H + u0) * Kp; };  // 16-row blocks
+  float* cstate = p.cn;  // (B, H): this part's columns only
+  for (int64_t b = 0; b < B; ++b) std::memcpy(cstate + b * H + u0, p.c0 + b * H + u0, sizeof(float) * n);
+
+  int cur = 0;  // h_{t-1} is p.h0 before the first step, then sp.h[cur]
+  for (int64_t s0 = 0; s0 < T; s0 += Tc) {
+    const int64_t m = std::min(Tc, T - s0);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t b = 0; b < B; ++b)
+        xs[i * B + b] = K::quantize_row(p.x + ((s0 + i) * B + b) * I, I, Ip, K::kQmax, qx + (i * B + b) * Ip);
+    for (int g = 0; g < 4; ++g)
+      i8_linear<K>(qx, Ip, xs, m * B, Ip, rows_of(p.w_ih, Kih, g), p.w_ih_scale + g * H + u0,
+                   p.w_ih_rowsum + g * H + u0, n, off, nullptr, 0, p.bias ? p.bias + g * H + u0 : nullptr,
+                   gx + g * n, Gn);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t t = s0 + i;
+      const float* hprev = t == 0 ? p.h0 : sp.h[cur];
+      float* hnext = sp.h[cur ^ 1];
+      for (int64_t b = 0; b < B; ++b) hs[b] = K::quantize_row(hprev + b * H, H, Hp, K::kQmax, qh + b * Hp);
+      for (int g = 0; g < 4; ++g)
+        i8_linear<K>(qh, Hp, hs, B, Hp, rows_of(p.w_hh, Khh, g), p.w_hh_scale + g * H + u0,
+                     p.w_hh_rowsum + g * H + u0, n, off, gx + i * B * Gn + g * n, Gn, nullptr, pre + g * n, Gn);
+      for (int64_t b = 0; b < B; ++b) {
+        float* y = p.y + (t * B + b) * H + u0;
+        float* hn = hnext + b * H + u0;
+        if (p.lengths && t >= p.lengths[b]) {
+          std::memcpy(hn, hprev + b * H + u0, sizeof(float) * n);
+          std::memset(y, 0, sizeof(float) * n);
+          continue;
+        }
+        K::cell_rows(pre + b * Gn, cstate + b * H + u0, hn, n);
+        std::memcpy(y, hn, sizeof(float) * n);
+      }
+      sp.barrier->wait();
+      cur ^= 1;
+    }
+  }
+  const float* hlast = sp.h[cur];
+  for (int64_t b = 0; b < B; ++b) std::memcpy(p.hn + b * H + u0, hlast + b * H + u0, sizeof(float) * n);
+}
+
+template <class K>
 void i8_matmul_s32(const float* x, int64_t rows, int64_t Kd, const int8_t* w, const int32_t* rowsum, int64_t N,
                    int qmax, int32_t* out, float* xs, unsigned char* scratch) {
   const int64_t Kp = int8_round_up(Kd, 4), nblocks = int8_round_up(N, 16) / 16;
@@ -281,6 +354,7 @@ inline float i8_scale(float amax, float nonfinite, int qmax, float* inv) {
   namespace cpu {                                                                                    \
   const Int8Kernels& int8_kernels_##isa() {                                                          \
     static const Int8Kernels table{#isa, K::kQmax, &i8_worker_scratch_bytes<K>, &i8_worker<K>,      \
+                                   &i8_split_scratch_bytes<K>, &i8_split_worker<K>,                  \
                                    &i8_matmul_s32<K>};                                               \
     return table;                                                                                    \
   }                                                                                                  \

@@ -153,6 +153,35 @@ def test_amx_kernels_bitwise_equal_vnni(proj):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("B,H,layers", [(12, 96, 1), (9, 64, 2)])
+def test_hidden_unit_split_bitwise_equal_batch_split(B, H, layers):
+    """One direction, batch >= 8, several threads: the layer is split by hidden units (threads
+    meet once per step); outputs, states and packed (variable-length) runs equal the
+    1-thread run bitwise (3 threads: 3 parts of 32 units for H=96; 2 parts for H=64)."""
+    from fastlstm import runtime
+
+    m = nn.LSTM(20, H, num_layers=layers)
+    q = QuantizedLSTM.from_float(m)
+    x = torch.randn(9, B, 20)
+    hx = (torch.randn(layers, B, H), torch.randn(layers, B, H))
+    seqs = [torch.randn(n, 20) for n in sorted(torch.randint(1, 10, (B,)).tolist(), reverse=True)]
+    saved = runtime.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            runtime.set_num_threads(n)
+            out, (h, c) = q(x, hx)
+            packed, (hp, cp) = q(pack_sequence(seqs))
+            results.append((out, h, c, packed.data, hp, cp))
+    finally:
+        runtime.set_num_threads(saved)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+    assert max_abs_error(results[0][0], m(x, hx)[0]) < SHORT_TOL
+
+
+@torch.no_grad()
 def test_results_do_not_depend_on_thread_count():
     from fastlstm import runtime
 
