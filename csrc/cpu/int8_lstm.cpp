@@ -3,6 +3,7 @@
 // ISA variants (int8_lstm_<isa>.cpp); dispatch.cpp picks one.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -20,7 +21,13 @@ namespace {
 // threads to spare: each thread then streams 1/parts of the weights per step
 // (they stay in its L2) and every weight tile serves the whole batch, at the
 // cost of one barrier per step. Parts divide H into multiples of 16 units.
+//
+// Opt-in (FASTLSTM_INT8_SPLIT=1): on this project's oversubscribed 2-core
+// machine a per-step barrier waits for a descheduled partner, and S5 ran
+// 2-3x slower than the batch split (docs/performance-notes-attn-int8.md).
 int64_t split_parts(const Int8LstmParams& p, int64_t nt) {
+  const char* env = std::getenv("FASTLSTM_INT8_SPLIT");
+  if (!(env && std::strcmp(env, "1") == 0)) return 0;
   if (p.directions != 1 || p.w_hr != nullptr || p.batch < 8 || nt < 2) return 0;
   for (int64_t parts = nt; parts >= 2; --parts)
     if (p.hidden % (16 * parts) == 0) return parts;

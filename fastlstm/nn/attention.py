@@ -237,6 +237,13 @@ class SparseAttention(nn.Module):
                 )
         Tq, B, _ = query.shape
         H, Dh = self.num_heads, self.head_dim
+        if self._qkv_same_embed_dim and query is key and key is value and self.bias_k is None and not self.add_zero_attn:
+            # Self-attention: one GEMM and one copy into the kernels' (B, H, T, Dh)
+            # layout for q, k and v together (instead of three permute copies).
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = qkv.view(Tq, B, 3, H, Dh).permute(2, 1, 3, 0, 4).contiguous().unbind(0)
+            out, weights = self._attend(q, k, v, key_padding_mask, need_weights, average_attn_weights, B, Tq)
+            return self._finish(out, weights, unbatched, B, Tq)
         q, k, v = self._projections(query, key, value)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(1, B, -1)])
@@ -253,16 +260,25 @@ class SparseAttention(nn.Module):
         q = q.reshape(Tq, B, H, Dh).permute(1, 2, 0, 3)
         k = k.reshape(Tk, B, H, Dh).permute(1, 2, 0, 3)
         v = v.reshape(Tk, B, H, Dh).permute(1, 2, 0, 3)
+        out, weights = self._attend(q, k, v, key_padding_mask, need_weights, average_attn_weights, B, Tq)
+        return self._finish(out, weights, unbatched, B, Tq)
+
+    def _attend(self, q, k, v, key_padding_mask, need_weights, average, B, Tq):
+        """Attention of (B, H, T, Dh) q, k, v; returns the attention output (B, H, Tq, Dh) and the weights."""
         out, _ = sparse_attention(
             q, k, v, self.window, self.global_tokens, None, key_padding_mask, backend=self.backend
         )
+        weights = self._weights(q, k, key_padding_mask, average) if need_weights else None
+        return out, weights
+
+    def _finish(self, out, weights, unbatched, B, Tq):
+        """Output projection straight into the caller's layout (one copy of the heads)."""
+        if self.batch_first and not unbatched:
+            return self.out_proj(out.transpose(1, 2).reshape(B, Tq, self.embed_dim)), weights
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(Tq, B, self.embed_dim))
-        weights = self._weights(q, k, key_padding_mask, average_attn_weights) if need_weights else None
         if unbatched:
             out = out.squeeze(1)
             weights = weights.squeeze(0) if weights is not None else None
-        elif self.batch_first:
-            out = out.transpose(0, 1)
         return out, weights
 
     def _weights(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None, average: bool) -> Tensor:

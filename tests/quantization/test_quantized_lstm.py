@@ -154,11 +154,13 @@ def test_amx_kernels_bitwise_equal_vnni(proj):
 
 @torch.no_grad()
 @pytest.mark.parametrize("B,H,layers", [(12, 96, 1), (9, 64, 2)])
-def test_hidden_unit_split_bitwise_equal_batch_split(B, H, layers):
+def test_hidden_unit_split_bitwise_equal_batch_split(B, H, layers, monkeypatch):
     """One direction, batch >= 8, several threads: the layer is split by hidden units (threads
     meet once per step); outputs, states and packed (variable-length) runs equal the
     1-thread run bitwise (3 threads: 3 parts of 32 units for H=96; 2 parts for H=64)."""
     from fastlstm import runtime
+
+    monkeypatch.setenv("FASTLSTM_INT8_SPLIT", "1")  # opt-in mode
 
     m = nn.LSTM(20, H, num_layers=layers)
     q = QuantizedLSTM.from_float(m)
