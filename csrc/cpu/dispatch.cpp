@@ -93,7 +93,10 @@ struct SimdVariant {
   int64_t (*scratch)(int64_t rows, int64_t H, int64_t P);
   void (*fwd)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
   void (*bwd)(const LstmRecurrenceBwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
-  void (*proj)(const LstmInputProjParams&, int64_t, int64_t, int64_t);
+  void (*proj)(const LstmInputProjParams&, int64_t, int64_t, int64_t, int64_t, int64_t);
+  int64_t (*team_scratch)(int64_t B, int64_t H);
+  void (*fwd_team)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int, int, float*, int64_t*,
+                   SpinBarrier*);
 };
 
 const SimdVariant* simd_variant() {
@@ -103,14 +106,16 @@ const SimdVariant* simd_variant() {
     case CpuCapability::Avx512: {
       static const SimdVariant v{lstm_vector_width_avx512(), lstm_task_scratch_avx512,
                                  lstm_recurrence_fwd_task_avx512, lstm_recurrence_bwd_task_avx512,
-                                 lstm_input_proj_task_avx512};
+                                 lstm_input_proj_task_avx512, lstm_team_scratch_avx512,
+                                 lstm_recurrence_fwd_team_avx512};
       return &v;
     }
 #endif
 #if defined(FASTLSTM_HAVE_AVX2)
     case CpuCapability::Avx2: {
       static const SimdVariant v{lstm_vector_width_avx2(), lstm_task_scratch_avx2, lstm_recurrence_fwd_task_avx2,
-                                 lstm_recurrence_bwd_task_avx2, lstm_input_proj_task_avx2};
+                                 lstm_recurrence_bwd_task_avx2, lstm_input_proj_task_avx2,
+                                 lstm_team_scratch_avx2, lstm_recurrence_fwd_team_avx2};
       return &v;
     }
 #endif
@@ -162,6 +167,55 @@ void run_task(void* ctx, int64_t task) {
     job->v->bwd(*job->p, job->packed, pl.dir(task), pl.row_begin(task), pl.row_end(task), scratch);
 }
 
+// Forward with a team per direction splitting the unit blocks (small batch,
+// where the batch plan would leave threads idle, no projection): returns the
+// members per direction, or 1 to use the batch plan.
+int team_size(const LstmRecurrenceFwdParams<float>& p, const Plan& plan, int threads, int width) {
+  if (p.w_hr || p.proj != p.hidden || plan.tasks() >= threads) return 1;
+  const int64_t blocks = (p.hidden + width - 1) / width;
+  return static_cast<int>(std::min<int64_t>(threads / p.directions, blocks));
+}
+
+struct TeamJob {
+  const LstmRecurrenceFwdParams<float>* p;
+  const SimdVariant* v;
+  const float* packed;
+  int per_dir;
+  float* shared;
+  int64_t shared_per_dir;
+  int64_t* act;
+  SpinBarrier** barriers;
+};
+
+void run_team_member(void* ctx, int member, int size) {
+  auto* job = static_cast<TeamJob*>(ctx);
+  const int64_t D = job->p->directions, B = job->p->batch;
+  if (size < D * job->per_dir) {
+    // Could not run concurrently (nested call): one member per direction, in turn.
+    for (int64_t d = 0; d < D; ++d) {
+      SpinBarrier alone(1);
+      job->v->fwd_team(*job->p, job->packed, d, 0, 1, job->shared + d * job->shared_per_dir, job->act, &alone);
+    }
+    return;
+  }
+  const int64_t d = member / job->per_dir;
+  job->v->fwd_team(*job->p, job->packed, d, member % job->per_dir, job->per_dir,
+                   job->shared + d * job->shared_per_dir, job->act + member * B, job->barriers[d]);
+}
+
+void run_team(const LstmRecurrenceFwdParams<float>& p, const SimdVariant* v, const float* packed, int per_dir) {
+  const int64_t D = std::min<int64_t>(p.directions, 2);
+  const int64_t per = (v->team_scratch(p.batch, p.hidden) + 15) / 16 * 16;
+  std::vector<float> shared(per * D + 16);
+  float* base = shared.data();
+  base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
+  std::vector<int64_t> act(static_cast<size_t>(D * per_dir * p.batch));
+  SpinBarrier forward(per_dir), reverse(per_dir);  // one per direction (D <= 2)
+  SpinBarrier* barriers[2] = {&forward, &reverse};
+  TeamJob job{&p, v, packed, per_dir, base, per, act.data(), barriers};
+  parallel_team(static_cast<int>(D * per_dir), run_team_member, &job);
+}
+
 template <bool Fwd, class Params>
 void run_simd(const Params& p, const SimdVariant* v) {
   std::vector<float> own_packed;
@@ -174,6 +228,10 @@ void run_simd(const Params& p, const SimdVariant* v) {
   // Tiny problems run on the calling thread: waking a worker costs more.
   const int threads = p.seq_len * p.batch * p.hidden * p.proj < kMinParallelWork ? 1 : p.num_threads;
   const Plan plan = make_plan(p.directions, p.batch, threads);
+  if constexpr (Fwd) {
+    if (const int per_dir = team_size(p, plan, threads, v->width); per_dir > 1)
+      return run_team(p, v, packed, per_dir);
+  }
   const int64_t rows = (p.batch + plan.chunks - 1) / plan.chunks;
   // Per-task scratch rounded to 64 bytes so tasks never share a cache line.
   const int64_t per_task = (v->scratch(rows, p.hidden, p.proj) + 15) / 16 * 16;
@@ -210,22 +268,32 @@ struct ProjJob {
   const LstmInputProjParams* p;
   const SimdVariant* v;
   int64_t chunks;
+  bool by_units;
 };
 void run_proj_task(void* ctx, int64_t task) {
   auto* job = static_cast<ProjJob*>(ctx);
-  const int64_t n = job->p->rows, c = task % job->chunks;
-  job->v->proj(*job->p, task / job->chunks, n * c / job->chunks, n * (c + 1) / job->chunks);
+  const LstmInputProjParams& p = *job->p;
+  const int64_t n = p.rows, c = task % job->chunks, d = task / job->chunks;
+  const int64_t Hb = (p.hidden + job->v->width - 1) / job->v->width;
+  if (job->by_units)
+    job->v->proj(p, d, 0, n, Hb * c / job->chunks, Hb * (c + 1) / job->chunks);
+  else
+    job->v->proj(p, d, n * c / job->chunks, n * (c + 1) / job->chunks, 0, Hb);
 }
 }  // namespace
 
 void lstm_input_projection(const LstmInputProjParams& p) {
   const SimdVariant* v = simd_variant();
   if (!v) return;
-  // Row chunks of >= 32 rows per task: each task re-reads the weights from L2.
+  // Tasks split the rows, or the unit blocks when there are few rows (then
+  // each task reads only its share of the weights). Every output element is
+  // computed the same way in either split.
   const int threads = p.rows * p.hidden * p.input < kMinParallelWork ? 1 : p.num_threads;
   const int64_t per_dir = std::max<int64_t>(1, (threads + p.directions - 1) / p.directions);
-  const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, p.rows / 32));
-  ProjJob job{&p, v, chunks};
+  const int64_t Hb = (p.hidden + v->width - 1) / v->width;
+  const bool by_units = p.rows < 256 && Hb >= 2 * per_dir;
+  const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, by_units ? Hb : p.rows / 32));
+  ProjJob job{&p, v, chunks, by_units};
   parallel_tasks(p.directions * chunks, threads, run_proj_task, &job);
 }
 

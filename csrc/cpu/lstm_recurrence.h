@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "fastlstm/lstm_params.h"
+#include "thread_pool.h"
 
 namespace fastlstm {
 namespace cpu {
@@ -48,7 +49,12 @@ void lstm_input_projection(const LstmInputProjParams& p);
                                       int64_t d, int64_t b0, int64_t b1, float* scratch);              \
   void lstm_recurrence_bwd_task_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,     \
                                       int64_t d, int64_t b0, int64_t b1, float* scratch);              \
-  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1);
+  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1,        \
+                                  int64_t j0, int64_t j1);                                               \
+  int64_t lstm_team_scratch_##isa(int64_t B, int64_t H);                                                \
+  void lstm_recurrence_fwd_team_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,     \
+                                      int64_t d, int member, int size, float* shared, int64_t* act,     \
+                                      SpinBarrier* barrier);
 
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(scalar)
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(avx2)

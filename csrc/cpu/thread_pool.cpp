@@ -8,6 +8,9 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 namespace fastlstm {
 namespace cpu {
@@ -101,6 +104,50 @@ void parallel_tasks(int64_t tasks, int threads, void (*fn)(void* ctx, int64_t ta
   }
   in_caller = true;
   pool().run(tasks, threads, fn, ctx);
+  in_caller = false;
+}
+
+namespace {
+struct Team {
+  void (*fn)(void*, int, int);
+  void* ctx;
+  int size;
+};
+void run_member(void* ctx, int64_t member) {
+  auto* team = static_cast<Team*>(ctx);
+  team->fn(team->ctx, static_cast<int>(member), team->size);
+}
+}  // namespace
+
+void SpinBarrier::wait() {
+  if (n_ <= 1) return;
+  const unsigned g = gen_.load(std::memory_order_acquire);
+  if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+    count_.store(0, std::memory_order_relaxed);
+    gen_.store(g + 1, std::memory_order_release);
+    return;
+  }
+  // ~2000 pauses is tens of microseconds: several time steps' worth of work.
+  for (int spins = 0; gen_.load(std::memory_order_acquire) == g; ++spins) {
+    if (spins < 2000) {
+#if defined(__x86_64__) || defined(_M_X64)
+      _mm_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+void parallel_team(int threads, void (*fn)(void* ctx, int member, int size), void* ctx) {
+  // Nested calls run tasks inline, one after the other: members that wait
+  // for each other would deadlock, so such a team has one member.
+  if (threads <= 1 || Pool::in_worker_ || in_caller) return fn(ctx, 0, 1);
+  // Every pool thread takes one task and a member never finishes before all
+  // have started (they meet at barriers), so each member gets its own thread.
+  Team team{fn, ctx, threads};
+  in_caller = true;
+  pool().run(threads, threads, run_member, &team);
   in_caller = false;
 }
 
