@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "fastlstm/cpu_capability.h"
@@ -96,7 +97,7 @@ struct SimdVariant {
   void (*proj)(const LstmInputProjParams&, int64_t, int64_t, int64_t, int64_t, int64_t);
   int64_t (*team_scratch)(int64_t B, int64_t H);
   void (*fwd_team)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int, int, float*, int64_t*,
-                   SpinBarrier*);
+                   TeamSync*);
 };
 
 const SimdVariant* simd_variant() {
@@ -167,13 +168,13 @@ void run_task(void* ctx, int64_t task) {
     job->v->bwd(*job->p, job->packed, pl.dir(task), pl.row_begin(task), pl.row_end(task), scratch);
 }
 
-// Forward with a team per direction splitting the unit blocks (small batch,
+// Forward with a team per direction sharing the unit blocks (small batch,
 // where the batch plan would leave threads idle, no projection): returns the
 // members per direction, or 1 to use the batch plan.
 int team_size(const LstmRecurrenceFwdParams<float>& p, const Plan& plan, int threads, int width) {
   if (p.w_hr || p.proj != p.hidden || plan.tasks() >= threads) return 1;
-  const int64_t blocks = (p.hidden + width - 1) / width;
-  return static_cast<int>(std::min<int64_t>(threads / p.directions, blocks));
+  const int64_t chunks = ((p.hidden + width - 1) / width + 1) / 2;  // 2 vector blocks per chunk
+  return static_cast<int>(std::min<int64_t>(threads / p.directions, chunks));
 }
 
 struct TeamJob {
@@ -184,36 +185,29 @@ struct TeamJob {
   float* shared;
   int64_t shared_per_dir;
   int64_t* act;
-  SpinBarrier** barriers;
+  TeamSync* sync;
 };
 
-void run_team_member(void* ctx, int member, int size) {
+void run_team_member(void* ctx, int64_t task) {
   auto* job = static_cast<TeamJob*>(ctx);
-  const int64_t D = job->p->directions, B = job->p->batch;
-  if (size < D * job->per_dir) {
-    // Could not run concurrently (nested call): one member per direction, in turn.
-    for (int64_t d = 0; d < D; ++d) {
-      SpinBarrier alone(1);
-      job->v->fwd_team(*job->p, job->packed, d, 0, 1, job->shared + d * job->shared_per_dir, job->act, &alone);
-    }
-    return;
-  }
-  const int64_t d = member / job->per_dir;
-  job->v->fwd_team(*job->p, job->packed, d, member % job->per_dir, job->per_dir,
-                   job->shared + d * job->shared_per_dir, job->act + member * B, job->barriers[d]);
+  const int64_t d = task / job->per_dir;
+  job->v->fwd_team(*job->p, job->packed, d, static_cast<int>(task % job->per_dir), job->per_dir,
+                   job->shared + d * job->shared_per_dir, job->act + task * job->p->batch,
+                   job->sync + d * job->per_dir);
 }
 
 void run_team(const LstmRecurrenceFwdParams<float>& p, const SimdVariant* v, const float* packed, int per_dir) {
-  const int64_t D = std::min<int64_t>(p.directions, 2);
+  const int64_t D = p.directions, members = D * per_dir;
   const int64_t per = (v->team_scratch(p.batch, p.hidden) + 15) / 16 * 16;
   std::vector<float> shared(per * D + 16);
   float* base = shared.data();
   base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
-  std::vector<int64_t> act(static_cast<size_t>(D * per_dir * p.batch));
-  SpinBarrier forward(per_dir), reverse(per_dir);  // one per direction (D <= 2)
-  SpinBarrier* barriers[2] = {&forward, &reverse};
-  TeamJob job{&p, v, packed, per_dir, base, per, act.data(), barriers};
-  parallel_team(static_cast<int>(D * per_dir), run_team_member, &job);
+  std::vector<int64_t> act(static_cast<size_t>(members * p.batch));
+  std::unique_ptr<TeamSync[]> sync(new TeamSync[static_cast<size_t>(members)]);
+  TeamJob job{&p, v, packed, per_dir, base, per, act.data(), sync.get()};
+  // Members never wait for one that has not started (a lone member does all
+  // the work), so plain tasks suffice, inline ones included.
+  parallel_tasks(members, static_cast<int>(members), run_team_member, &job);
 }
 
 template <bool Fwd, class Params>

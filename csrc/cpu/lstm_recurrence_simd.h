@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "fastlstm/lstm_params.h"
@@ -295,62 +296,102 @@ int64_t simd_team_scratch(int64_t B, int64_t H) {
   return 3 * B * round_up(H, A::W);
 }
 
-// Small batch, no projection (P == H): the `size` members of a team split
-// direction d's unit blocks and run all B rows, so each core streams only
-// its share of W_hh (which then stays in its own L2). h_{t-1} and h_t are
-// two shared buffers that swap each step; the barrier after a step makes
-// every member's h_t visible before anyone reads it. Every lane is computed
-// by the same fwd_blocks arithmetic as in simd_recurrence_fwd_task, so the
-// results equal the batch-split plan's bit for bit.
-// shared: simd_team_scratch floats, 64-byte aligned, the same for all members;
-// act: B int64 of the member's own.
+// Waits until every unit chunk of step s is done (the members' done counts add
+// up to (s + 1) * chunks). Spins: a chunk takes well under a microsecond.
+inline void team_wait_step(const TeamSync* sync, int size, int64_t target) {
+  for (int64_t spins = 0;; ++spins) {
+    int64_t done = 0;
+    for (int m = 0; m < size; ++m) done += sync[m].done.load(std::memory_order_acquire);
+    if (done >= target) return;
+    if (spins > 20000)
+      std::this_thread::yield();  // the holder of a chunk was most likely descheduled
+    else
+      _mm_pause();
+  }
+}
+
+// Claims the next unchunked unit chunk of member m's home range at step s, or -1.
+inline int64_t team_claim(TeamSync& home, int64_t s, int64_t len) {
+  int64_t v = home.claim.load(std::memory_order_relaxed);
+  while (v < (s + 1) * len)
+    if (home.claim.compare_exchange_weak(v, v + 1, std::memory_order_relaxed)) return v - s * len;
+  return -1;
+}
+
+// Small batch, no projection (P == H): the `size` members of a team share
+// direction d's unit chunks (2 vector blocks each) over all B rows, so each
+// core streams about its share of W_hh (which then stays in its own L2).
+// Each member owns a home range of chunks and claims them one at a time
+// (then steals from the other ranges), so a member that is descheduled on a
+// busy machine delays a step by at most one chunk, and a lone member finishes
+// the whole call. h_{t-1} and h_t are two shared buffers that swap each step;
+// step s + 1 starts when every chunk of step s is done. Every lane is
+// computed by the same fwd_blocks arithmetic as in simd_recurrence_fwd_task,
+// so the results equal the batch-split plan's bit for bit, whoever computes it.
+// shared: simd_team_scratch floats, 64-byte aligned; act: B int64 of the
+// member's own; sync: `size` zeroed counters shared by the team. h_n / c_n of
+// a member's home range are written once the last step is done.
 template <class A>
 void simd_recurrence_fwd_team(const LstmRecurrenceFwdParams<float>& p, const float* packed, int64_t d, int member,
-                              int size, float* shared, int64_t* act, SpinBarrier* barrier) {
+                              int size, float* shared, int64_t* act, TeamSync* sync) {
   const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, G = 4 * H;
   const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  constexpr int64_t CB = 2;  // vector blocks per chunk: two keep 8 FMA chains busy at batch 1
+  const int64_t chunks = (Hb + CB - 1) / CB;
   const float* wf = packed + d * Hb * H * 4 * A::W;
-  const int64_t j0 = Hb * member / size, j1 = Hb * (member + 1) / size;
-  const int64_t u0 = j0 * A::W, u1 = std::min(H, j1 * A::W), un = std::max<int64_t>(0, u1 - u0);
-  float* hcur = shared;        // (B, Hp) h_{t-1}
-  float* hnext = hcur + B * Hp;  // (B, Hp) h_t
-  float* cs = hnext + B * Hp;  // (B, Hp) cell state; a member touches only its units
-  if (j1 > j0) {
+  auto range_begin = [&](int m) { return chunks * m / size; };
+  float* buf[2] = {shared, shared + B * Hp};  // h_{t-1} / h_t, swapped each step
+  float* cs = shared + 2 * B * Hp;            // (B, Hp) cell state
+  if (member == 0) {
     for (int64_t b = 0; b < B; ++b) {
-      std::memcpy(hcur + b * Hp + u0, p.h0 + (d * B + b) * H + u0, sizeof(float) * un);
-      std::memcpy(cs + b * Hp + u0, p.c0 + (d * B + b) * H + u0, sizeof(float) * un);
-      std::memset(hcur + b * Hp + u1, 0, sizeof(float) * (j1 * A::W - u1));
-      std::memset(cs + b * Hp + u1, 0, sizeof(float) * (j1 * A::W - u1));
+      std::memcpy(buf[0] + b * Hp, p.h0 + (d * B + b) * H, sizeof(float) * H);
+      std::memcpy(cs + b * Hp, p.c0 + (d * B + b) * H, sizeof(float) * H);
+      std::memset(buf[0] + b * Hp + H, 0, sizeof(float) * (Hp - H));
+      std::memset(cs + b * Hp + H, 0, sizeof(float) * (Hp - H));
     }
+    sync[0].ready.store(1, std::memory_order_release);
   }
-  barrier->wait();
+  while (sync[0].ready.load(std::memory_order_acquire) == 0) std::this_thread::yield();
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = step_time(s, d, T_);
+    float* hcur = buf[s % 2];
+    float* hnext = buf[(s + 1) % 2];
     int64_t n = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = (t * B + b) * D + d;
-      if (p.lengths && t >= p.lengths[b]) {
-        // Past this sequence's end: zero this member's outputs, carry the state.
-        std::memset(p.y + row * H + u0, 0, sizeof(float) * un);
-        for (int g = 0; g < 4; ++g)
-          if (p.gates) std::memset(p.gates + row * G + g * H + u0, 0, sizeof(float) * un);
-        if (p.cells) std::memset(p.cells + row * H + u0, 0, sizeof(float) * un);
-        std::memcpy(hnext + b * Hp + u0, hcur + b * Hp + u0, sizeof(float) * (j1 - j0) * A::W);
-        continue;
+    for (int64_t b = 0; b < B; ++b)
+      if (!p.lengths || t < p.lengths[b]) act[n++] = b;
+    const FwdState st{hcur, Hp, cs, hnext, 0};
+    for (int k = 0; k < size; ++k) {
+      const int m = (member + k) % size;  // home range first, then steal
+      const int64_t c0 = range_begin(m), len = range_begin(m + 1) - c0;
+      for (int64_t c; (c = team_claim(sync[m], s, len)) >= 0;) {
+        const int64_t j0 = (c0 + c) * CB, j1 = std::min(Hb, j0 + CB);
+        const int64_t u0 = j0 * A::W, u1 = std::min(H, j1 * A::W), un = u1 - u0;
+        fwd_gates<A>(p, wf, d, t, act, n, st, j0, j1);
+        for (int64_t b = 0, r = 0; b < B; ++b) {
+          const int64_t row = (t * B + b) * D + d;
+          if (r < n && act[r] == b) {
+            ++r;
+            std::memcpy(p.y + row * H + u0, hnext + b * Hp + u0, sizeof(float) * un);
+            continue;
+          }
+          // Past this sequence's end: zero the chunk's outputs, carry its state.
+          std::memset(p.y + row * H + u0, 0, sizeof(float) * un);
+          if (p.gates)
+            for (int g = 0; g < 4; ++g) std::memset(p.gates + row * G + g * H + u0, 0, sizeof(float) * un);
+          if (p.cells) std::memset(p.cells + row * H + u0, 0, sizeof(float) * un);
+          std::memcpy(hnext + b * Hp + u0, hcur + b * Hp + u0, sizeof(float) * (j1 - j0) * A::W);
+        }
+        sync[member].done.store(sync[member].done.load(std::memory_order_relaxed) + 1, std::memory_order_release);
       }
-      act[n++] = b;  // every member derives the same list
     }
-    fwd_gates<A>(p, wf, d, t, act, n, FwdState{hcur, Hp, cs, hnext, 0}, j0, j1);
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t b = act[r];
-      std::memcpy(p.y + ((t * B + b) * D + d) * H + u0, hnext + b * Hp + u0, sizeof(float) * un);
-    }
-    barrier->wait();
-    std::swap(hcur, hnext);
+    team_wait_step(sync, size, (s + 1) * chunks);
   }
-  for (int64_t b = 0; b < B; ++b) {
-    std::memcpy(p.hn + (d * B + b) * H + u0, hcur + b * Hp + u0, sizeof(float) * un);
-    std::memcpy(p.cn + (d * B + b) * H + u0, cs + b * Hp + u0, sizeof(float) * un);
+  const int64_t u0 = std::min(H, range_begin(member) * CB * A::W);
+  const int64_t u1 = std::min(H, range_begin(member + 1) * CB * A::W);
+  const float* hlast = buf[T_ % 2];
+  for (int64_t b = 0; b < B && u1 > u0; ++b) {
+    std::memcpy(p.hn + (d * B + b) * H + u0, hlast + b * Hp + u0, sizeof(float) * (u1 - u0));
+    std::memcpy(p.cn + (d * B + b) * H + u0, cs + b * Hp + u0, sizeof(float) * (u1 - u0));
   }
 }
 
@@ -614,8 +655,8 @@ void simd_input_proj_task(const LstmInputProjParams& p, int64_t d, int64_t r0, i
   int64_t lstm_team_scratch_##isa(int64_t B, int64_t H) { return simd_team_scratch<Traits>(B, H); }       \
   void lstm_recurrence_fwd_team_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,       \
                                       int64_t d, int member, int size, float* shared, int64_t* act,       \
-                                      SpinBarrier* barrier) {                                             \
-    simd_recurrence_fwd_team<Traits>(p, packed, d, member, size, shared, act, barrier);                   \
+                                      TeamSync* sync) {                                                   \
+    simd_recurrence_fwd_team<Traits>(p, packed, d, member, size, shared, act, sync);                   \
   }                                                                                                       \
   }                                                                                                       \
   }

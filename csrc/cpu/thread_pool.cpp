@@ -1,9 +1,11 @@
 // Thread pool behind cpu::parallel_tasks: workers are created on first use,
-// grow to the largest thread count asked for, and sleep on a condition
-// variable between jobs (no spinning: the machine may be shared).
+// grow to the largest thread count asked for, spin 200 us after a job (the
+// next kernel call usually follows within that) and then sleep on a
+// condition variable (the machine may be shared).
 #include "thread_pool.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -17,12 +19,31 @@ namespace cpu {
 
 namespace {
 
+// How long a thread spins before it sleeps: while waiting for helpers to
+// finish, and as a helper between jobs. Consecutive kernel calls (projection,
+// then recurrence, then the next layer) come tens of microseconds apart, and
+// waking a sleeping thread costs about as much again on a busy machine.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+template <class Pred>
+bool spin_until(Pred done, std::chrono::microseconds limit = kSpin) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+#if defined(__x86_64__) || defined(_M_X64)
+    _mm_pause();
+#endif
+    if (i % 64 == 0 && std::chrono::steady_clock::now() > end) return false;
+  }
+}
+
 class Pool {
  public:
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
+      published_.store(~uint64_t{0}, std::memory_order_release);
     }
     wake_.notify_all();
     for (auto& w : workers_) w.join();
@@ -40,13 +61,15 @@ class Pool {
       tasks_ = tasks;
       next_.store(0);
       active_helpers_ = helpers;
-      pending_ = helpers;
+      pending_.store(helpers);
       ++generation_;
+      published_.store(generation_, std::memory_order_release);
     }
     wake_.notify_all();
     work();
+    if (spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) return;
     std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    done_.wait(lock, [this] { return pending_.load() == 0; });
   }
 
  private:
@@ -56,8 +79,10 @@ class Pool {
 
   void loop(int id) {
     uint64_t seen = 0;
-    std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
+      // A job published while spinning is picked up without a futex wake.
+      spin_until([&] { return published_.load(std::memory_order_acquire) != seen; });
+      std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stop_ || (generation_ != seen && id < active_helpers_); });
       if (stop_) return;
       seen = generation_;
@@ -66,7 +91,7 @@ class Pool {
       work();
       in_worker_ = false;
       lock.lock();
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1) == 1) done_.notify_one();
     }
   }
 
@@ -81,7 +106,9 @@ class Pool {
   void* ctx_ = nullptr;
   int64_t tasks_ = 0;
   std::atomic<int64_t> next_{0};
-  int active_helpers_ = 0, pending_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> published_{0};
+  int active_helpers_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
 };
@@ -107,49 +134,6 @@ void parallel_tasks(int64_t tasks, int threads, void (*fn)(void* ctx, int64_t ta
   in_caller = false;
 }
 
-namespace {
-struct Team {
-  void (*fn)(void*, int, int);
-  void* ctx;
-  int size;
-};
-void run_member(void* ctx, int64_t member) {
-  auto* team = static_cast<Team*>(ctx);
-  team->fn(team->ctx, static_cast<int>(member), team->size);
-}
-}  // namespace
-
-void SpinBarrier::wait() {
-  if (n_ <= 1) return;
-  const unsigned g = gen_.load(std::memory_order_acquire);
-  if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-    count_.store(0, std::memory_order_relaxed);
-    gen_.store(g + 1, std::memory_order_release);
-    return;
-  }
-  // ~2000 pauses is tens of microseconds: several time steps' worth of work.
-  for (int spins = 0; gen_.load(std::memory_order_acquire) == g; ++spins) {
-    if (spins < 2000) {
-#if defined(__x86_64__) || defined(_M_X64)
-      _mm_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
-void parallel_team(int threads, void (*fn)(void* ctx, int member, int size), void* ctx) {
-  // Nested calls run tasks inline, one after the other: members that wait
-  // for each other would deadlock, so such a team has one member.
-  if (threads <= 1 || Pool::in_worker_ || in_caller) return fn(ctx, 0, 1);
-  // Every pool thread takes one task and a member never finishes before all
-  // have started (they meet at barriers), so each member gets its own thread.
-  Team team{fn, ctx, threads};
-  in_caller = true;
-  pool().run(threads, threads, run_member, &team);
-  in_caller = false;
-}
 
 }  // namespace cpu
 }  // namespace fastlstm
