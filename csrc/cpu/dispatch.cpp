@@ -268,14 +268,16 @@ struct ProjJob {
   const LstmInputProjParams* p;
   const SimdVariant* v;
   int64_t chunks;
-  bool by_units;
+  bool by_units, all_directions;
 };
 void run_proj_task(void* ctx, int64_t task) {
   auto* job = static_cast<ProjJob*>(ctx);
   const LstmInputProjParams& p = *job->p;
   const int64_t n = p.rows, c = task % job->chunks, d = task / job->chunks;
   const int64_t Hb = (p.hidden + job->v->width - 1) / job->v->width;
-  if (job->by_units)
+  if (job->all_directions)
+    job->v->proj(p, -1, n * task / job->chunks, n * (task + 1) / job->chunks, 0, Hb);
+  else if (job->by_units)
     job->v->proj(p, d, 0, n, Hb * c / job->chunks, Hb * (c + 1) / job->chunks);
   else
     job->v->proj(p, d, n * c / job->chunks, n * (c + 1) / job->chunks, 0, Hb);
@@ -292,8 +294,15 @@ void lstm_input_projection(const LstmInputProjParams& p) {
   const int64_t per_dir = std::max<int64_t>(1, (threads + p.directions - 1) / p.directions);
   const int64_t Hb = (p.hidden + v->width - 1) / v->width;
   const bool by_units = p.rows < 256 && Hb >= 2 * per_dir;
+  // Short k (input <= 24 KB of weights per block / (4 W floats)): row chunks
+  // covering every direction, so a task writes whole gx rows in order.
+  if (!by_units && p.input * 4 * v->width <= 6144) {
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, p.rows / 32));
+    ProjJob job{&p, v, chunks, false, true};
+    return parallel_tasks(chunks, threads, run_proj_task, &job);
+  }
   const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, by_units ? Hb : p.rows / 32));
-  ProjJob job{&p, v, chunks, by_units};
+  ProjJob job{&p, v, chunks, by_units, false};
   parallel_tasks(p.directions * chunks, threads, run_proj_task, &job);
 }
 

@@ -284,6 +284,31 @@ def test_input_projection_matches_torch(shape, dtype):
 
 
 @needs_cpu
+@pytest.mark.parametrize(
+    "shape", [(64, 200, 1, 72), (611, 24, 2, 20), (500, 200, 2, 20)], ids=["by-units", "short-k", "k-chunks"]
+)
+def test_input_projection_parallel_plans_match_torch_and_each_other(shape):
+    """Large enough to use the threads: few rows split the unit blocks, short
+    inputs write whole rows of every direction, long inputs sum k in chunks.
+    Every plan gives the same bits for any thread count."""
+    torch.manual_seed(4)
+    N, I, D, H = shape
+    x, w, b = torch.randn(N, I), torch.randn(D * 4 * H, I), torch.randn(D * 4 * H)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outs.append(lstm_input_projection(x, w, b, D))
+    finally:
+        torch.set_num_threads(before)
+    assert_parity(outs[0], torch.addmm(b.double(), x.double(), w.double().t()), torch.float32, name="gx")
+    for threads, out in zip((2, 3), outs[1:]):
+        assert torch.equal(out, outs[0]), f"gx differs between 1 and {threads} threads"
+
+
+@needs_cpu
 def test_input_projection_opcheck():
     args = (torch.randn(9, 5, requires_grad=True), torch.randn(2 * 4 * 6, 5, requires_grad=True),
             torch.randn(2 * 4 * 6, requires_grad=True), 2)
