@@ -251,6 +251,17 @@ void fwd_step(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t 
   }
 }
 
+// Prefetches (to L2) gx of rows [b0, b1) at time t, units [u0, u1) of each gate.
+inline void prefetch_gx(const LstmRecurrenceFwdParams<float>& p, int64_t d, int64_t t, int64_t b0, int64_t b1,
+                        int64_t u0, int64_t u1) {
+  const int64_t H = p.hidden;
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* row = p.gx + ((t * p.batch + b) * p.directions + d) * 4 * H;
+    for (int g = 0; g < 4; ++g)
+      for (int64_t u = u0; u < u1; u += 16) _mm_prefetch(reinterpret_cast<const char*>(row + g * H + u), _MM_HINT_T1);
+  }
+}
+
 template <class A>
 void simd_recurrence_fwd_task(const LstmRecurrenceFwdParams<float>& p, const float* packed, int64_t d, int64_t b0,
                               int64_t b1, float* scratch) {
@@ -282,6 +293,10 @@ void simd_recurrence_fwd_task(const LstmRecurrenceFwdParams<float>& p, const flo
       }
       act[n++] = b;
     }
+    // The next step's input gates (rows far apart in a large gx, which the
+    // hardware prefetchers do not follow) start on their way to L2 now:
+    // S3's recurrence (64 rows, H = 128) ran 10-15% faster in an A/B test.
+    if (s + 1 < T_) prefetch_gx(p, d, step_time(s + 1, d, T_), b0, b1, 0, H);
     fwd_step<A>(p, wf, d, t, act, n, b0, hs, cs, hpre);
   }
   for (int64_t b = b0; b < b1; ++b) {
@@ -360,6 +375,10 @@ void simd_recurrence_fwd_team(const LstmRecurrenceFwdParams<float>& p, const flo
     for (int64_t b = 0; b < B; ++b)
       if (!p.lengths || t < p.lengths[b]) act[n++] = b;
     const FwdState st{hcur, Hp, cs, hnext, 0};
+    if (s + 1 < T_) {
+      const int64_t pu0 = std::min(H, range_begin(member) * CB * A::W);
+      prefetch_gx(p, d, step_time(s + 1, d, T_), 0, B, pu0, std::min(H, range_begin(member + 1) * CB * A::W));
+    }
     for (int k = 0; k < size; ++k) {
       const int m = (member + k) % size;  // home range first, then steal
       const int64_t c0 = range_begin(m), len = range_begin(m + 1) - c0;
