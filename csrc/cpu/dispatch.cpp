@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "fastlstm/cpu_capability.h"
@@ -93,7 +94,10 @@ struct SimdVariant {
   int64_t (*scratch)(int64_t rows, int64_t H, int64_t P);
   void (*fwd)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
   void (*bwd)(const LstmRecurrenceBwdParams<float>&, const float*, int64_t, int64_t, int64_t, float*);
-  void (*proj)(const LstmInputProjParams&, int64_t, int64_t, int64_t);
+  void (*proj)(const LstmInputProjParams&, int64_t, int64_t, int64_t, int64_t, int64_t);
+  int64_t (*team_scratch)(int64_t B, int64_t H);
+  void (*fwd_team)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int, int, float*, int64_t*,
+                   TeamSync*);
 };
 
 const SimdVariant* simd_variant() {
@@ -103,14 +107,16 @@ const SimdVariant* simd_variant() {
     case CpuCapability::Avx512: {
       static const SimdVariant v{lstm_vector_width_avx512(), lstm_task_scratch_avx512,
                                  lstm_recurrence_fwd_task_avx512, lstm_recurrence_bwd_task_avx512,
-                                 lstm_input_proj_task_avx512};
+                                 lstm_input_proj_task_avx512, lstm_team_scratch_avx512,
+                                 lstm_recurrence_fwd_team_avx512};
       return &v;
     }
 #endif
 #if defined(FASTLSTM_HAVE_AVX2)
     case CpuCapability::Avx2: {
       static const SimdVariant v{lstm_vector_width_avx2(), lstm_task_scratch_avx2, lstm_recurrence_fwd_task_avx2,
-                                 lstm_recurrence_bwd_task_avx2, lstm_input_proj_task_avx2};
+                                 lstm_recurrence_bwd_task_avx2, lstm_input_proj_task_avx2,
+                                 lstm_team_scratch_avx2, lstm_recurrence_fwd_team_avx2};
       return &v;
     }
 #endif
@@ -162,6 +168,54 @@ void run_task(void* ctx, int64_t task) {
     job->v->bwd(*job->p, job->packed, pl.dir(task), pl.row_begin(task), pl.row_end(task), scratch);
 }
 
+// Forward with a team per direction sharing the unit blocks (no projection):
+// at small batch, where the batch plan would leave threads idle, and at
+// moderate batch when one direction's W_hh (16 H P bytes) is >= 1 MB: each
+// core then streams only its share of W_hh and its micro-kernel calls see
+// all the rows (measured on the 2-core Xeon, one core: 60 GF/s at 32 rows
+// vs 47 at 16, H = 512). Returns the members per direction, or 1 to use the
+// batch plan.
+int team_size(const LstmRecurrenceFwdParams<float>& p, const Plan& plan, int threads, int width) {
+  if (p.w_hr || p.proj != p.hidden || p.directions >= threads) return 1;
+  const bool big_weights = 16 * p.hidden * p.proj >= (int64_t{1} << 20);
+  if (plan.tasks() >= threads && !(big_weights && p.batch <= 64)) return 1;
+  const int64_t chunks = ((p.hidden + width - 1) / width + 1) / 2;  // 2 vector blocks per chunk
+  return static_cast<int>(std::min<int64_t>(threads / p.directions, chunks));
+}
+
+struct TeamJob {
+  const LstmRecurrenceFwdParams<float>* p;
+  const SimdVariant* v;
+  const float* packed;
+  int per_dir;
+  float* shared;
+  int64_t shared_per_dir;
+  int64_t* act;
+  TeamSync* sync;
+};
+
+void run_team_member(void* ctx, int64_t task) {
+  auto* job = static_cast<TeamJob*>(ctx);
+  const int64_t d = task / job->per_dir;
+  job->v->fwd_team(*job->p, job->packed, d, static_cast<int>(task % job->per_dir), job->per_dir,
+                   job->shared + d * job->shared_per_dir, job->act + task * job->p->batch,
+                   job->sync + d * job->per_dir);
+}
+
+void run_team(const LstmRecurrenceFwdParams<float>& p, const SimdVariant* v, const float* packed, int per_dir) {
+  const int64_t D = p.directions, members = D * per_dir;
+  const int64_t per = (v->team_scratch(p.batch, p.hidden) + 15) / 16 * 16;
+  std::vector<float> shared(per * D + 16);
+  float* base = shared.data();
+  base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
+  std::vector<int64_t> act(static_cast<size_t>(members * p.batch));
+  std::unique_ptr<TeamSync[]> sync(new TeamSync[static_cast<size_t>(members)]);
+  TeamJob job{&p, v, packed, per_dir, base, per, act.data(), sync.get()};
+  // Members never wait for one that has not started (a lone member does all
+  // the work), so plain tasks suffice, inline ones included.
+  parallel_tasks(members, static_cast<int>(members), run_team_member, &job);
+}
+
 template <bool Fwd, class Params>
 void run_simd(const Params& p, const SimdVariant* v) {
   std::vector<float> own_packed;
@@ -174,6 +228,10 @@ void run_simd(const Params& p, const SimdVariant* v) {
   // Tiny problems run on the calling thread: waking a worker costs more.
   const int threads = p.seq_len * p.batch * p.hidden * p.proj < kMinParallelWork ? 1 : p.num_threads;
   const Plan plan = make_plan(p.directions, p.batch, threads);
+  if constexpr (Fwd) {
+    if (const int per_dir = team_size(p, plan, threads, v->width); per_dir > 1)
+      return run_team(p, v, packed, per_dir);
+  }
   const int64_t rows = (p.batch + plan.chunks - 1) / plan.chunks;
   // Per-task scratch rounded to 64 bytes so tasks never share a cache line.
   const int64_t per_task = (v->scratch(rows, p.hidden, p.proj) + 15) / 16 * 16;
@@ -210,22 +268,41 @@ struct ProjJob {
   const LstmInputProjParams* p;
   const SimdVariant* v;
   int64_t chunks;
+  bool by_units, all_directions;
 };
 void run_proj_task(void* ctx, int64_t task) {
   auto* job = static_cast<ProjJob*>(ctx);
-  const int64_t n = job->p->rows, c = task % job->chunks;
-  job->v->proj(*job->p, task / job->chunks, n * c / job->chunks, n * (c + 1) / job->chunks);
+  const LstmInputProjParams& p = *job->p;
+  const int64_t n = p.rows, c = task % job->chunks, d = task / job->chunks;
+  const int64_t Hb = (p.hidden + job->v->width - 1) / job->v->width;
+  if (job->all_directions)
+    job->v->proj(p, -1, n * task / job->chunks, n * (task + 1) / job->chunks, 0, Hb);
+  else if (job->by_units)
+    job->v->proj(p, d, 0, n, Hb * c / job->chunks, Hb * (c + 1) / job->chunks);
+  else
+    job->v->proj(p, d, n * c / job->chunks, n * (c + 1) / job->chunks, 0, Hb);
 }
 }  // namespace
 
 void lstm_input_projection(const LstmInputProjParams& p) {
   const SimdVariant* v = simd_variant();
   if (!v) return;
-  // Row chunks of >= 32 rows per task: each task re-reads the weights from L2.
+  // Tasks split the rows, or the unit blocks when there are few rows (then
+  // each task reads only its share of the weights). Every output element is
+  // computed the same way in either split.
   const int threads = p.rows * p.hidden * p.input < kMinParallelWork ? 1 : p.num_threads;
   const int64_t per_dir = std::max<int64_t>(1, (threads + p.directions - 1) / p.directions);
-  const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, p.rows / 32));
-  ProjJob job{&p, v, chunks};
+  const int64_t Hb = (p.hidden + v->width - 1) / v->width;
+  const bool by_units = p.rows < 256 && Hb >= 2 * per_dir;
+  // Short k (input <= 24 KB of weights per block / (4 W floats)): row chunks
+  // covering every direction, so a task writes whole gx rows in order.
+  if (!by_units && p.input * 4 * v->width <= 6144) {
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, p.rows / 32));
+    ProjJob job{&p, v, chunks, false, true};
+    return parallel_tasks(chunks, threads, run_proj_task, &job);
+  }
+  const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, by_units ? Hb : p.rows / 32));
+  ProjJob job{&p, v, chunks, by_units, false};
   parallel_tasks(p.directions * chunks, threads, run_proj_task, &job);
 }
 

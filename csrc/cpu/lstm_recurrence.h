@@ -9,9 +9,23 @@
 // recurrence (lstm_recurrence_generic.h).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "fastlstm/lstm_params.h"
+
+namespace fastlstm {
+namespace cpu {
+// Counters of one member of a forward team (lstm_recurrence_simd.h), each on
+// its own cache lines: chunks claimed from the member's home range, chunks
+// the member finished, and (member 0's) "initial state written".
+struct TeamSync {
+  alignas(64) std::atomic<int64_t> claim{0};
+  alignas(64) std::atomic<int64_t> done{0};
+  std::atomic<int> ready{0};
+};
+}  // namespace cpu
+}  // namespace fastlstm
 
 namespace fastlstm {
 namespace cpu {
@@ -48,7 +62,12 @@ void lstm_input_projection(const LstmInputProjParams& p);
                                       int64_t d, int64_t b0, int64_t b1, float* scratch);              \
   void lstm_recurrence_bwd_task_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,     \
                                       int64_t d, int64_t b0, int64_t b1, float* scratch);              \
-  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1);
+  void lstm_input_proj_task_##isa(const LstmInputProjParams& p, int64_t d, int64_t r0, int64_t r1,        \
+                                  int64_t j0, int64_t j1);                                               \
+  int64_t lstm_team_scratch_##isa(int64_t B, int64_t H);                                                \
+  void lstm_recurrence_fwd_team_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,     \
+                                      int64_t d, int member, int size, float* shared, int64_t* act,     \
+                                      TeamSync* sync);
 
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(scalar)
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(avx2)

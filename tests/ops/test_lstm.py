@@ -214,6 +214,34 @@ def test_results_bitwise_identical_for_any_thread_count(D):
 
 
 @needs_cpu
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+def test_small_batch_unit_split_bitwise_identical_and_correct(D):
+    """Small batches split the unit blocks across threads (members meet at a
+    barrier every step): same bits as one thread, and parity with the reference.
+    H = 40 leaves a partial vector block; lengths cover finished rows."""
+    torch.manual_seed(5)
+    args = _inputs(60, 3, D, 40, 40, [60, 17, 0], dtype=torch.float32)
+    one = _run_with_threads(1, args)
+    for threads in (2, 3, 4):
+        other = _run_with_threads(threads, args)
+        for i, (a, b) in enumerate(zip(one, other)):
+            assert torch.equal(a, b), f"output {i} differs between 1 and {threads} threads"
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            fused = lstm_recurrence(*args, False)
+    finally:
+        torch.set_num_threads(before)
+    ref = reference.lstm_recurrence(*args)
+    ref64 = reference.lstm_recurrence(*[a.double() if a is not None and a.is_floating_point() else a for a in args])
+    for name, a, b, r, c in zip(["y", "h_n", "c_n"], fused, ref, ref64, one):
+        ok, err, peer = within_error_rule(a, b, r)
+        assert ok, f"{name}: error {err:.3g} vs fp32 reference {peer:.3g}"
+        assert torch.equal(a, c), f"{name}: inference differs from the training forward"
+
+
+@needs_cpu
 def test_fp32_error_at_T1440_within_twice_torch():
     """The design's accuracy rule on S2's shape: the fused fp32 error against
     an fp64 reference is at most 2x torch's own fp32 error plus 1e-6."""
@@ -253,6 +281,31 @@ def test_input_projection_matches_torch(shape, dtype):
     g = torch.randn_like(ref)
     for i, (a, r) in enumerate(zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g))):
         assert_parity(a, r, dtype, name=f"grad {i}")
+
+
+@needs_cpu
+@pytest.mark.parametrize(
+    "shape", [(64, 200, 1, 72), (611, 24, 2, 20), (500, 200, 2, 20)], ids=["by-units", "short-k", "k-chunks"]
+)
+def test_input_projection_parallel_plans_match_torch_and_each_other(shape):
+    """Large enough to use the threads: few rows split the unit blocks, short
+    inputs write whole rows of every direction, long inputs sum k in chunks.
+    Every plan gives the same bits for any thread count."""
+    torch.manual_seed(4)
+    N, I, D, H = shape
+    x, w, b = torch.randn(N, I), torch.randn(D * 4 * H, I), torch.randn(D * 4 * H)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outs.append(lstm_input_projection(x, w, b, D))
+    finally:
+        torch.set_num_threads(before)
+    assert_parity(outs[0], torch.addmm(b.double(), x.double(), w.double().t()), torch.float32, name="gx")
+    for threads, out in zip((2, 3), outs[1:]):
+        assert torch.equal(out, outs[0]), f"gx differs between 1 and {threads} threads"
 
 
 @needs_cpu
