@@ -30,6 +30,7 @@ from fastlstm.ops.lstm import lstm as lstm_op
 
 try:  # the fused sparse attention module, where this build has it
     from fastlstm.nn.attention import SparseAttention as _SparseAttention
+    from fastlstm.ops.attention import sparse_attention as _sparse_attention
 except ImportError:
     _SparseAttention = None
 
@@ -117,7 +118,81 @@ if _SparseAttention is not None:
         def forward(self, query, key, value, key_padding_mask=None, need_weights=True):
             if self.training and self.dropout > 0:
                 return _masked_attention(self, query, key_padding_mask, need_weights)
+            if query is key and key is value and query.dim() == 3 and self.in_proj_weight is not None \
+                    and self.bias_k is None and not self.add_zero_attn and not self.global_tokens:
+                if self.window is None and need_weights:
+                    # Dense weights are (T, T) anyway: torch's attention forms them once and reuses
+                    # them for the output, instead of the fused kernel plus a second T x T pass.
+                    return _masked_attention(self, query, key_padding_mask, True)
+                if self.window is not None and not (torch.is_grad_enabled() and _needs_grad(self, query)):
+                    return _windowed_self_attention(self, query, key_padding_mask, need_weights)
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights)
+
+
+def _needs_grad(attn: nn.Module, x: Tensor) -> bool:
+    return x.requires_grad or any(p.requires_grad for p in attn.parameters())
+
+
+def _windowed_self_attention(attn: nn.Module, x: Tensor, key_padding_mask: Tensor | None, need_weights: bool):
+    """Inference fast path of windowed self-attention, batch-first x (B, T, E):
+    one packed in-projection GEMM, the fused sparse kernel, and the banded
+    head-averaged weights (B, T, left + right + 1) rebuilt from the kernel's
+    log-sum-exp (O(T * window), no second softmax pass)."""
+    B, T, E = x.shape
+    H = attn.num_heads
+    Dh = E // H
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0].contiguous(), qkv[1].contiguous(), qkv[2].contiguous()  # (B, H, T, Dh) each
+    scale = Dh ** -0.5
+    out, lse = _sparse_attention(q, k, v, attn.window, 0, scale, key_padding_mask, backend=attn.backend)
+    out = attn.out_proj(out.permute(0, 2, 1, 3).reshape(B, T, E))
+    if not need_weights:
+        return out, None
+    return out, banded_weights(q, k, lse, attn.window, scale, key_padding_mask, average=True)
+
+
+def banded_weights(q: Tensor, k: Tensor, lse: Tensor, window, scale: float,
+                   key_padding_mask: Tensor | None = None, *, average: bool = False, block: int = 64) -> Tensor:
+    """Banded attention weights of windowed self-attention from q, k (B, H, T, Dh)
+    and the kernel's log-sum-exp (B, H, T): per head (B, H, T, left + right + 1),
+    or averaged over heads (B, T, left + right + 1) with ``average``.
+
+    Column ``s`` of query ``i`` is key ``i - left + s`` (0 outside the sequence
+    or on padding), as :func:`fastlstm.nn.attention.banded_to_dense` reads it.
+    Scores come from one batched GEMM per block of ``block`` queries against
+    the ``block + span - 1`` keys they can see; the band is a strided view of it.
+
+    >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 8, 8, 0, scale, None)
+    >>> w = banded_weights(q, k, lse, (8, 8), scale)           # (B, H, T, 17)
+    """
+    left, right = window
+    B, H, T, D = q.shape
+    span = left + right + 1
+    nb = -(-T // block)
+    Tp = nb * block
+    W = block + span - 1
+    qp = F.pad(q, (0, 0, 0, Tp - T)).view(B, H, nb, block, D)
+    kp = F.pad(k, (0, 0, left, Tp - T + right)).contiguous()  # key j at row j + left
+    s0, s1 = kp.stride(0), kp.stride(1)
+    kwin = kp.as_strided((B, H, nb, W, D), (s0, s1, block * D, D, 1))
+    scores = torch.matmul(qp, kwin.transpose(-1, -2))  # (B, H, nb, block, W)
+    # Query row r of a block sees its band at columns r .. r + span - 1: a stride of W + 1 per row.
+    band = scores.as_strided((B, H, nb, block, span), (scores.stride(0), scores.stride(1), scores.stride(2), W + 1, 1))
+    w = band.reshape(B, H, Tp, span)[:, :, :T]  # a copy (or, for one block, a non-overlapping view of scores)
+    w.mul_(scale).sub_(lse.unsqueeze(-1)).exp_()
+    if average:  # the pattern is the same for every head: mask once, after the sum
+        w = w.sum(dim=1).div_(H).unsqueeze(1)
+    # Keys outside the sequence sit only in the first `left` and last `right` rows' corners.
+    j = torch.arange(T, device=q.device).unsqueeze(1) - left + torch.arange(span, device=q.device)
+    if key_padding_mask is not None:
+        allowed = (j >= 0) & (j < T) & ~key_padding_mask[:, j.clamp(0, T - 1)]  # (B, T, span)
+        w = torch.where(allowed.unsqueeze(1), w, w.new_zeros(()))
+    else:
+        edge = min(T, left + right)
+        for rows in (slice(0, edge), slice(max(0, T - edge), T)):
+            jj = j[rows]
+            w[:, :, rows].masked_fill_((jj < 0) | (jj >= T), 0.0)
+    return w.squeeze(1) if average else w
 
 
 def _make_attention(embed_dim: int, num_heads: int, dropout: float, window, global_tokens: int) -> nn.Module:

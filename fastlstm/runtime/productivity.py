@@ -6,8 +6,12 @@ layers (``lstm``) and this ``productivity_head``: 4-head self-attention
 (dense, or the sliding window + global tokens pattern) followed by the
 pattern, forecast and anomaly heads. The loaded model returns
 ``(pattern (T, C), forecast (input_dim,), anomaly logits (T, 1), attention
-weights (T, T) or None)`` for an unbatched ``(T, input_dim)`` input, with a
-leading batch axis for ``(B, T, input_dim)``.
+weights or None)`` for an unbatched ``(T, input_dim)`` input, with a
+leading batch axis for ``(B, T, input_dim)``. The weights are head-averaged,
+banded ``(T, left + right + 1)`` for a sliding window without global tokens
+(as the torch model returns them; column ``s`` of query ``i`` is key
+``i - left + s``), dense ``(T, T)`` otherwise. Attention itself runs in the
+fused sparse kernel of ``fastlstm._C``.
 
 >>> model = fastlstm.runtime.load("productivity_int8.safetensors")
 >>> pattern, forecast, anomaly, attn = model(features)      # numpy (T, input_dim)
@@ -16,8 +20,10 @@ leading batch axis for ``(B, T, input_dim)``.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
-from fastlstm.runtime.layers import Linear, register_layer
+from fastlstm._ext import _C, buf
+from fastlstm.runtime.layers import Linear, get_num_threads, register_layer
 
 _BLOCK = 128  # queries per block: bounds the score buffer to heads x 128 x keys
 
@@ -33,6 +39,39 @@ def _allowed(rows: np.ndarray, cols: np.ndarray, window, global_tokens: int) -> 
     return allowed
 
 
+def banded_weights(q: np.ndarray, k: np.ndarray, lse: np.ndarray, window, scale: float, block: int = 64) -> np.ndarray:
+    """Head-averaged banded weights (T, left + right + 1) of windowed self-attention
+    from q, k (H, T, d) and the kernel's log-sum-exp (H, T); column ``s`` of query
+    ``i`` is key ``i - left + s`` (0 outside the sequence), like the torch model's.
+    One GEMM per block of ``block`` queries against the ``block + span - 1`` keys
+    it can see; the band is a strided view of those scores."""
+    left, right = window
+    H, T, d = q.shape
+    span = left + right + 1
+    nb = -(-T // block)
+    Tp, W = nb * block, block + span - 1
+    qp = q if Tp == T else np.concatenate([q, np.zeros((H, Tp - T, d), np.float32)], axis=1)
+    kp = np.zeros((H, left + Tp + right, d), np.float32)  # key j at row j + left
+    kp[:, left:left + T] = k
+    isz = kp.itemsize
+    kwin = as_strided(kp, (H, nb, W, d), (kp.strides[0], block * d * isz, d * isz, isz), writeable=False)
+    scores = np.matmul(qp.reshape(H, nb, block, d), kwin.transpose(0, 1, 3, 2))  # (H, nb, block, W)
+    st = scores.strides
+    # Query row r of a block sees its band at columns r .. r + span - 1: a stride of W + 1 per row.
+    band = as_strided(scores, (H, nb, block, span), (st[0], st[1], st[2] + st[3], st[3]), writeable=False)
+    w = np.ascontiguousarray(band).reshape(H, Tp, span)[:, :T]  # a writable copy
+    w *= np.float32(scale)
+    w -= lse[:, :, None]
+    np.exp(w, out=w)
+    w = w.mean(axis=0)
+    # Keys outside the sequence sit only in the first `left` and last `right` rows' corners.
+    edge = min(T, left + right)
+    for r0, r1 in ((0, edge), (max(0, T - edge), T)):
+        j = np.arange(r0, r1)[:, None] - left + np.arange(span)[None, :]
+        w[r0:r1][(j < 0) | (j >= T)] = 0.0
+    return w
+
+
 @register_layer
 class ProductivityHead:
     """Self-attention + pattern / forecast / anomaly heads; ``dtype`` "float32" or "int8"
@@ -40,7 +79,7 @@ class ProductivityHead:
 
     Tensors: ``in_proj.*`` (3E, E), ``out_proj.*`` (E, E), ``pattern.*`` (C, E),
     ``forecast.*`` (F, E), ``anomaly.*`` (1, E), each as the ``linear`` layer stores them.
-    Set ``need_weights = False`` on the loaded layer to skip the (T, T) weights.
+    Set ``need_weights = False`` on the loaded layer to skip the weights.
     """
 
     TYPE = "productivity_head"
@@ -86,13 +125,30 @@ class ProductivityHead:
         T, E, H = x.shape[0], self.E, self.heads
         d = E // H
         qkv, _ = self.linears["in_proj"].run(x)
-        q = np.ascontiguousarray(qkv[:, :E].reshape(T, H, d).transpose(1, 0, 2))
-        q *= np.float32(1.0 / np.sqrt(d))
-        k = np.ascontiguousarray(qkv[:, E:2 * E].reshape(T, H, d).transpose(1, 0, 2))
-        v = np.ascontiguousarray(qkv[:, 2 * E:].reshape(T, H, d).transpose(1, 0, 2))
+        qkv = qkv.reshape(T, 3, H, d).transpose(1, 2, 0, 3)  # (3, H, T, d) view
+        q, k, v = (np.ascontiguousarray(qkv[i]) for i in range(3))
         del qkv  # peak memory matters on desktops: keep only the per-head copies
         out = np.empty((H, T, d), np.float32)
-        weights = np.zeros((T, T), np.float32) if self.need_weights else None
+        lse = np.empty((H, T), np.float32)
+        left, right = self.window if self.window is not None else (-1, -1)  # < 0: unbounded
+        scale = 1.0 / np.sqrt(d)
+        # The fused kernel never forms T x T scores; its log-sum-exp lets the weights below
+        # be one exp per (head, query, key) they cover, without a second softmax pass.
+        _C.sparse_attention_fwd("float32", buf(q), buf(k), buf(v), buf(None), buf(out), buf(lse), 1, H, T, T, d, d,
+                                left, right, self.global_tokens, scale, get_num_threads())
+        attn, _ = self.linears["out_proj"].run(out.transpose(1, 0, 2).reshape(T, E))
+        weights = None
+        if self.need_weights:
+            if self.window is not None and not self.global_tokens:
+                weights = banded_weights(q, k, lse, self.window, scale)
+            else:
+                weights = self._dense_weights(q, k, lse, scale)
+        return attn, weights
+
+    def _dense_weights(self, q: np.ndarray, k: np.ndarray, lse: np.ndarray, scale: float) -> np.ndarray:
+        """(T, T) head-averaged weights, in blocks of queries against the keys the pattern allows."""
+        H, T, _ = q.shape
+        weights = np.zeros((T, T), np.float32)
         g = self.global_tokens
         for i0 in range(0, T, _BLOCK):
             i1 = min(T, i0 + _BLOCK)
@@ -101,21 +157,17 @@ class ProductivityHead:
             else:  # only the band (and the global keys) can be attended
                 lo, hi = max(0, i0 - self.window[0]), min(T, i1 + self.window[1])
                 keys = slice(lo, hi) if g == 0 else np.union1d(np.arange(min(g, T)), np.arange(lo, hi))
-            kb, vb = k[:, keys], v[:, keys]
-            scores = q[:, i0:i1] @ kb.transpose(0, 2, 1)  # (H, b, nk)
+            scores = q[:, i0:i1] @ k[:, keys].transpose(0, 2, 1)  # (H, b, nk)
+            scores *= np.float32(scale)
+            scores -= lse[:, i0:i1, None]
+            np.exp(scores, out=scores)
             if self.window is not None or g:
                 cols = np.arange(T)[keys] if isinstance(keys, slice) else keys
                 allowed = _allowed(np.arange(i0, i1), cols, self.window, g)
                 if not allowed.all():
-                    scores[:, ~allowed] = -np.inf
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            out[:, i0:i1] = scores @ vb
-            if weights is not None:
-                weights[i0:i1, keys] = scores.mean(axis=0)
-        attn, _ = self.linears["out_proj"].run(out.transpose(1, 0, 2).reshape(T, E))
-        return attn, weights
+                    scores[:, ~allowed] = 0.0
+            weights[i0:i1, keys] = scores.mean(axis=0)
+        return weights
 
     def _one(self, x: np.ndarray):
         attn, weights = self._attend(x)
