@@ -20,7 +20,6 @@ fused sparse kernel of ``fastlstm._C``.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from fastlstm._ext import _C, buf
 from fastlstm.runtime.layers import Linear, get_num_threads, register_layer
@@ -37,39 +36,6 @@ def _allowed(rows: np.ndarray, cols: np.ndarray, window, global_tokens: int) -> 
     if global_tokens:
         allowed |= (j < global_tokens) | (i < global_tokens)
     return allowed
-
-
-def banded_weights(q: np.ndarray, k: np.ndarray, lse: np.ndarray, window, scale: float, block: int = 64) -> np.ndarray:
-    """Head-averaged banded weights (T, left + right + 1) of windowed self-attention
-    from q, k (H, T, d) and the kernel's log-sum-exp (H, T); column ``s`` of query
-    ``i`` is key ``i - left + s`` (0 outside the sequence), like the torch model's.
-    One GEMM per block of ``block`` queries against the ``block + span - 1`` keys
-    it can see; the band is a strided view of those scores."""
-    left, right = window
-    H, T, d = q.shape
-    span = left + right + 1
-    nb = -(-T // block)
-    Tp, W = nb * block, block + span - 1
-    qp = q if Tp == T else np.concatenate([q, np.zeros((H, Tp - T, d), np.float32)], axis=1)
-    kp = np.zeros((H, left + Tp + right, d), np.float32)  # key j at row j + left
-    kp[:, left:left + T] = k
-    isz = kp.itemsize
-    kwin = as_strided(kp, (H, nb, W, d), (kp.strides[0], block * d * isz, d * isz, isz), writeable=False)
-    scores = np.matmul(qp.reshape(H, nb, block, d), kwin.transpose(0, 1, 3, 2))  # (H, nb, block, W)
-    st = scores.strides
-    # Query row r of a block sees its band at columns r .. r + span - 1: a stride of W + 1 per row.
-    band = as_strided(scores, (H, nb, block, span), (st[0], st[1], st[2] + st[3], st[3]), writeable=False)
-    w = np.ascontiguousarray(band).reshape(H, Tp, span)[:, :T]  # a writable copy
-    w *= np.float32(scale)
-    w -= lse[:, :, None]
-    np.exp(w, out=w)
-    w = w.mean(axis=0)
-    # Keys outside the sequence sit only in the first `left` and last `right` rows' corners.
-    edge = min(T, left + right)
-    for r0, r1 in ((0, edge), (max(0, T - edge), T)):
-        j = np.arange(r0, r1)[:, None] - left + np.arange(span)[None, :]
-        w[r0:r1][(j < 0) | (j >= T)] = 0.0
-    return w
 
 
 @register_layer
@@ -106,6 +72,7 @@ class ProductivityHead:
         self.config, self.E, self.heads, self.window = dict(config), E, heads, window
         self.global_tokens = config["global_tokens"]
         self.need_weights = True
+        self._band_cache = None
         sizes = {"in_proj": (E, 3 * E), "out_proj": (E, E), "pattern": (E, config["output_dim"]),
                  "forecast": (E, config["forecast_dim"]), "anomaly": (E, 1)}
         self.linears = {}
@@ -126,24 +93,50 @@ class ProductivityHead:
         d = E // H
         qkv, _ = self.linears["in_proj"].run(x)
         qkv = qkv.reshape(T, 3, H, d).transpose(1, 2, 0, 3)  # (3, H, T, d) view
-        q, k, v = (np.ascontiguousarray(qkv[i]) for i in range(3))
-        del qkv  # peak memory matters on desktops: keep only the per-head copies
-        out = np.empty((H, T, d), np.float32)
-        lse = np.empty((H, T), np.float32)
+        q, k = np.ascontiguousarray(qkv[0]), np.ascontiguousarray(qkv[1])
         left, right = self.window if self.window is not None else (-1, -1)  # < 0: unbounded
+        banded = self.need_weights and self.window is not None and not self.global_tokens
+        if banded:
+            # Values get a one-hot tail: slot j mod span for key j. A query's window holds span
+            # consecutive keys, so its output tail is exactly its softmax weights (the kernel's
+            # own), at slots that a fixed per-row rotation maps back to band columns.
+            template, unroll = self._band_tables(T)
+            v = np.empty((H, T, d + template.shape[1]), np.float32)
+            v[:, :, d:] = template
+            v[:, :, :d] = qkv[2]
+        else:
+            v = np.ascontiguousarray(qkv[2])
+        del qkv  # peak memory matters on desktops: keep only the per-head copies
+        Dv = v.shape[2]
+        out = np.empty((H, T, Dv), np.float32)
+        lse = np.empty((H, T), np.float32)
         scale = 1.0 / np.sqrt(d)
-        # The fused kernel never forms T x T scores; its log-sum-exp lets the weights below
-        # be one exp per (head, query, key) they cover, without a second softmax pass.
-        _C.sparse_attention_fwd("float32", buf(q), buf(k), buf(v), buf(None), buf(out), buf(lse), 1, H, T, T, d, d,
+        _C.sparse_attention_fwd("float32", buf(q), buf(k), buf(v), buf(None), buf(out), buf(lse), 1, H, T, T, d, Dv,
                                 left, right, self.global_tokens, scale, get_num_threads())
-        attn, _ = self.linears["out_proj"].run(out.transpose(1, 0, 2).reshape(T, E))
+        del v
+        attn, _ = self.linears["out_proj"].run(out[:, :, :d].transpose(1, 0, 2).reshape(T, E))
         weights = None
-        if self.need_weights:
-            if self.window is not None and not self.global_tokens:
-                weights = banded_weights(q, k, lse, self.window, scale)
-            else:
-                weights = self._dense_weights(q, k, lse, scale)
+        if banded:
+            span = left + right + 1
+            weights = np.take_along_axis(out[:, :, d:d + span].mean(axis=0), unroll, axis=1)
+        elif self.need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
+            weights = self._dense_weights(q, k, lse, scale)
         return attn, weights
+
+    def _band_tables(self, T: int):
+        """(one-hot value tail (T, slots), band column -> slot (T, span)) for length T, cached for the last T."""
+        cached = self._band_cache
+        if cached is not None and cached[0] == T:
+            return cached[1], cached[2]
+        left, right = self.window
+        span = left + right + 1
+        slots = -(-span // 16) * 16  # whole SIMD vectors of value columns run faster in the kernel
+        keys = np.arange(T)
+        template = np.zeros((T, slots), np.float32)
+        template[keys, keys % span] = 1.0
+        unroll = (keys[:, None] - left + np.arange(span)[None, :]) % span
+        self._band_cache = (T, template, unroll)
+        return template, unroll
 
     def _dense_weights(self, q: np.ndarray, k: np.ndarray, lse: np.ndarray, scale: float) -> np.ndarray:
         """(T, T) head-averaged weights, in blocks of queries against the keys the pattern allows."""

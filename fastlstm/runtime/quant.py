@@ -65,9 +65,9 @@ def int8_linear(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None, directi
     xs = np.empty(R, np.float32)
     _C.int8_matmul_s32(buf(x), buf(w.packed[direction]), buf(w.rowsum[direction]), buf(acc), buf(xs),
                        R, w.cols, w.rows, _C.int8_kernel_info()[1])
-    out = acc.astype(np.float32)
+    # Dequantise in three passes (int32 -> float32 happens inside the first multiply).
+    out = np.multiply(acc, w.scale[direction], dtype=np.float32, casting="unsafe")
     out *= xs[:, None]
-    out *= w.scale[direction][None, :]
     if bias is not None:
         out += bias
     return out
