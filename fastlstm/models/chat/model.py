@@ -9,6 +9,7 @@ state_dict keys are identical), which is what the parity tests and benchmarks us
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastlstm
 from fastlstm.models.chat.tokenizer import ByteTokenizer
+from fastlstm.ops.lstm import lstm as lstm_op
+from fastlstm.ops.lstm import lstm_recurrence
 
 State = tuple[Tensor, Tensor]
 
@@ -42,6 +45,24 @@ def _mask_bias(lengths: Tensor, T: int, dtype: torch.dtype) -> Tensor:
     """(B, T): 0 where a position is inside its sequence, -inf past it."""
     valid = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
     return torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf"))
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(numel: int) -> Tensor:
+    """A per-thread float32 buffer reused across encode calls for the input gates (they never
+    escape the call): a fresh 100 MB buffer per call costs more in page faults than the gather."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACE.buf = torch.empty(numel)
+    return buf[:numel]
+
+
+def _direct_lstm(lstm: nn.Module) -> bool:
+    """True for a plain fastlstm.LSTM that the encoder may call through the op directly."""
+    return (type(lstm) is fastlstm.LSTM and lstm.bias and lstm.proj_size == 0 and not lstm.return_gates
+            and not lstm._gate_recorders)
 
 
 class LSTMEncoder(nn.Module):
@@ -77,12 +98,67 @@ class LSTMEncoder(nn.Module):
         if lengths.numel() and int(lengths.min()) < 1:
             raise ValueError("every sequence needs at least one token")
         T = ids.shape[1]
-        packed = pack_padded_sequence(self.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
-        weights = torch.softmax(self.score(out).squeeze(-1) + _mask_bias(lengths.cpu(), T, out.dtype).to(out.device), -1)
+        if _direct_lstm(self.lstm):
+            # fastlstm's ops take padded time-major input with lengths: no packing, sorting or
+            # unpacking copies, and everything below stays time-major (T, B, ·).
+            out_tm = self._lstm_time_major(ids, lengths.to("cpu", torch.int64))
+            bias = _mask_bias(lengths.cpu(), T, out_tm.dtype).to(out_tm.device)
+            weights = torch.softmax(self.score(out_tm).squeeze(-1).t() + bias, -1)  # (B, T)
+            out = out_tm.transpose(0, 1)  # (B, T, 2H) view
+        else:
+            packed = pack_padded_sequence(self.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+            weights = torch.softmax(self.score(out).squeeze(-1) + _mask_bias(lengths.cpu(), T, out.dtype).to(out.device), -1)
         pooled = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
         return F.normalize(self.project(pooled), dim=-1), out, pooled
+
+    def _lstm_time_major(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """LSTM outputs (T, B, D*H) of padded ids (B, T) through fastlstm's ops."""
+        lstm = self.lstm
+        ids_tm = ids.t()
+        weights = lstm._flat_weights
+        if torch.is_grad_enabled() or self.training or lstm.backend not in (None, "auto", "cpu") \
+                or ids.device.type != "cpu" or self.embedding.weight.dtype != torch.float32:
+            return lstm_op(self.embedding(ids_tm), None, weights, num_layers=lstm.num_layers,
+                           bidirectional=lstm.bidirectional, dropout=lstm.dropout, training=self.training,
+                           lengths=lengths, backend=lstm.backend)[0]
+        # Inference: embedding and layer 0's input projection fold into a (vocab, D*4H) table,
+        # so the input gates of every step are one row gather instead of a GEMM over T*B rows.
+        table, w_hh = self._gate_table()
+        T, B = ids_tm.shape
+        D, H = w_hh.shape[0], lstm.hidden_size
+        gx = _workspace(T * B * D * 4 * H).view(T * B, D * 4 * H)
+        torch.index_select(table, 0, ids_tm.reshape(-1), out=gx)
+        gx = gx.view(T, B, D, 4 * H)
+        zeros = gx.new_zeros(D, B, H)
+        y = lstm_recurrence(gx, w_hh, None, zeros, zeros, lengths, False)[0].view(T, B, D * H)
+        if lstm.num_layers == 1:
+            return y
+        per_layer = len(weights) // lstm.num_layers
+        return lstm_op(y, None, weights[per_layer:], num_layers=lstm.num_layers - 1,
+                       bidirectional=lstm.bidirectional, lengths=lengths, backend=lstm.backend)[0]
+
+    def _gate_table(self) -> tuple[Tensor, Tensor]:
+        """(vocab, D*4H) = embedding · W_ih0ᵀ + b_ih0 + b_hh0 and w_hh0 (D, 4H, H), cached
+        against the parameters' version counters (an optimizer step rebuilds them)."""
+        lstm = self.lstm
+        D = 2 if lstm.bidirectional else 1
+        per_dir = len(lstm._flat_weights) // (lstm.num_layers * D)
+        layer0 = lstm._flat_weights[: per_dir * D]
+        params = [self.embedding.weight] + list(layer0)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = self.__dict__.get("_gate_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            dirs = [layer0[d * per_dir : (d + 1) * per_dir] for d in range(D)]
+            w_ih = torch.cat([w[0] for w in dirs])
+            bias = torch.cat([w[2] + w[3] for w in dirs])
+            table = torch.addmm(bias, self.embedding.weight, w_ih.t()).contiguous()
+            w_hh = torch.stack([w[1] for w in dirs]).contiguous()
+        self.__dict__["_gate_cache"] = (key, (table, w_hh))
+        return table, w_hh
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str | bytes], *, batch_size: int = 64, max_length: int = 1024,
