@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import weakref
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -48,6 +49,10 @@ def _mask_bias(lengths: Tensor, T: int, dtype: torch.dtype) -> Tensor:
 
 
 _WORKSPACE = threading.local()
+# Inference-only tables derived from a module's weights (encoder gate table, decoder stepper),
+# keyed by the module and validated against its parameters' version counters. Kept outside
+# the modules so that copying or pickling a model never carries them.
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _workspace(numel: int) -> Tensor:
@@ -148,7 +153,7 @@ class LSTMEncoder(nn.Module):
         layer0 = lstm._flat_weights[: per_dir * D]
         params = [self.embedding.weight] + list(layer0)
         key = tuple((p.data_ptr(), p._version) for p in params)
-        cached = self.__dict__.get("_gate_cache")
+        cached = _CACHE.get(self)
         if cached is not None and cached[0] == key:
             return cached[1]
         with torch.no_grad():
@@ -157,7 +162,7 @@ class LSTMEncoder(nn.Module):
             bias = torch.cat([w[2] + w[3] for w in dirs])
             table = torch.addmm(bias, self.embedding.weight, w_ih.t()).contiguous()
             w_hh = torch.stack([w[1] for w in dirs]).contiguous()
-        self.__dict__["_gate_cache"] = (key, (table, w_hh))
+        _CACHE[self] = (key, (table, w_hh))
         return table, w_hh
 
     @torch.no_grad()
@@ -236,12 +241,17 @@ class LSTMDecoder(nn.Module):
 
 
 class _FusedDecodeStep:
-    """One decoder LSTM step as one fused kernel call per layer, for generation.
+    """One decoder step for generation: one fused kernel call per layer, then attention
+    and the output projection as four torch calls, with no allocation per step.
 
-    Built once per generate call (inference only). The embedding and the first
-    layer's input projection are folded into a (V, 4H) table, so layer 0's input
-    gates are a row gather; the kernel is called directly through ``fastlstm._C``
-    with no per-step module, op-dispatch or autograd overhead.
+    Built once per weights (cached on the decoder against the parameters' version
+    counters; inference only). The embedding and the first layer's input projection
+    are folded into a (V, 4H) table, so layer 0's input gates are a row gather; the
+    kernel is called directly through ``fastlstm._C`` with no per-step module,
+    op-dispatch or autograd overhead; new states go to two preallocated state
+    buffers per thread, used in turn (a returned state stays valid until the step after next).
+    The combine layer's bias is folded into the attention values (the attention
+    weights sum to one), see :meth:`prepare`.
     """
 
     def __init__(self, decoder: LSTMDecoder) -> None:
@@ -264,7 +274,21 @@ class _FusedDecodeStep:
         pack = getattr(lstm_ops, "_packed", None)
         self._packed = [pack(w.unsqueeze(0), 1, self.H, self.H) for w in self.w_hh] if pack else []
         self.extra = [(self._buf(p),) if p is not None else () for p in self._packed] or [()] * self.L
-        self.threads = torch.get_num_threads()
+        self.combine_bias = decoder.combine.bias.detach()
+        self.out_w_t = decoder.out.weight.detach().t()
+        self.out_b = decoder.out.bias.detach()
+        self._local = threading.local()  # state buffers per thread: concurrent sessions share the stepper
+
+    @classmethod
+    def for_decoder(cls, decoder: LSTMDecoder) -> "_FusedDecodeStep":
+        """The decoder's stepper, rebuilt only when a parameter changed (or was replaced)."""
+        key = tuple((p.data_ptr(), p._version) for p in decoder.parameters()) + (torch.get_num_threads(),)
+        cached = _CACHE.get(decoder)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        step = cls(decoder)
+        _CACHE[decoder] = (key, step)
+        return step
 
     @staticmethod
     def supported(decoder: LSTMDecoder) -> bool:
@@ -276,23 +300,51 @@ class _FusedDecodeStep:
         w = lstm.weight_ih_l0
         if w.device.type != "cpu" or w.dtype != torch.float32 or lstm._gate_recorders or lstm.return_gates:
             return False
+        if decoder.combine.bias is None or decoder.out.bias is None:
+            return False
         return _backends.resolve(lstm.backend, w.device, w.dtype) == "cpu"
+
+    def _buffers(self, B: int):
+        per_batch = self._local.__dict__.setdefault("per_batch", {})
+        bufs = per_batch.get(B)
+        if bufs is None:
+            L, H, buf = self.L, self.H, self._buf
+            hs = [torch.empty(L, B, H) for _ in range(2)]
+            cs = [torch.empty(L, B, H) for _ in range(2)]
+            gx = torch.empty(B, 4 * H)
+            y = torch.empty(B, H)
+            layer_bufs = [[(buf(h[l]), buf(c[l])) for l in range(L)] for h, c in zip(hs, cs)]
+            bufs = per_batch[B] = (hs, cs, gx, y, layer_bufs, buf(gx), buf(y))
+        return bufs
 
     def lstm(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         B, H = tokens.shape[0], self.H
-        gx = self.table.index_select(0, tokens)
-        h_new = torch.empty(self.L, B, H)
-        c_new = torch.empty(self.L, B, H)
-        y = torch.empty(B, H)
+        hs, cs, gx, y, layer_bufs, gx_buf, y_buf = self._buffers(B)
+        new = 1 if h is hs[0] else 0  # never write the state being read
+        old_bufs = layer_bufs[1 - new] if h is hs[1 - new] and c is cs[1 - new] else None
+        h_new, c_new = hs[new], cs[new]
+        torch.index_select(self.table, 0, tokens, out=gx)
         buf = self._buf
         for l in range(self.L):
             if l:
-                gx = torch.addmm(self.bias[l], h_new[l - 1], self.w_ih_t[l])
-            self._C.lstm_recurrence_fwd("float32", buf(gx), self.w_hh_buf[l], (0, 0), buf(h[l]), buf(c[l]), (0, 0),
-                                        buf(y), buf(h_new[l]), buf(c_new[l]), (0, 0), (0, 0),
-                                        1, B, 1, H, H, self.threads, *self.extra[l])
+                torch.addmm(self.bias[l], h_new[l - 1], self.w_ih_t[l], out=gx)
+            h_in, c_in = old_bufs[l] if old_bufs is not None else (buf(h[l]), buf(c[l]))
+            h_out, c_out = layer_bufs[new][l]
+            self._C.lstm_recurrence_fwd("float32", gx_buf, self.w_hh_buf[l], (0, 0), h_in, c_in, (0, 0),
+                                        y_buf, h_out, c_out, (0, 0), (0, 0), 1, B, 1, H, H, torch.get_num_threads(),
+                                        *self.extra[l])
         return h_new[-1], (h_new, c_new)
+
+    def prepare(self, mem: StepMemory) -> StepMemory:
+        """``mem`` with the combine layer's bias folded into its values (for :meth:`attend`)."""
+        return mem._replace(values=mem.values + self.combine_bias)
+
+    def attend(self, top: Tensor, mem: StepMemory) -> Tensor:
+        """:meth:`LSTMDecoder.attend_step` on a :meth:`prepare`-d memory: logits (B, V)."""
+        scores = torch.baddbmm(mem.mask.unsqueeze(1), top.unsqueeze(1), mem.keys.transpose(1, 2))
+        context = torch.bmm(torch.softmax(scores, -1), mem.values).squeeze(1)
+        return torch.addmm(self.out_b, torch.addmm(context, top, mem.w_query_t).tanh_(), self.out_w_t)
 
 
 class Seq2SeqLSTM(nn.Module):
@@ -350,13 +402,14 @@ class Seq2SeqLSTM(nn.Module):
         use = _FusedDecodeStep.supported(self.decoder) if fused is None else fused
         if use and not _FusedDecodeStep.supported(self.decoder):
             raise ValueError("fused decoding needs a float32 CPU fastlstm.LSTM decoder with biases and the cpu backend")
-        return _FusedDecodeStep(self.decoder) if use else None
+        return _FusedDecodeStep.for_decoder(self.decoder) if use else None
 
     def _step(self, fast, tokens, state, mem: StepMemory):
+        """One token; with ``fast``, ``mem`` must come from ``fast.prepare``."""
         if fast is None:
             return self.decoder.step(tokens, state, mem)
         top, state = fast.lstm(tokens, state)
-        return self.decoder.attend_step(top, mem), state
+        return fast.attend(top, mem), state
 
     @torch.no_grad()
     def generate_ids(self, sources: Sequence[str | bytes], *, max_length: int = 64, carried: State | None = None,
@@ -371,7 +424,18 @@ class Seq2SeqLSTM(nn.Module):
         state = self.initial_state(pooled, carried)
         mem = self.decoder.step_memory(memory, lengths)
         fast = self._stepper(fused)
+        if fast is not None:
+            mem = fast.prepare(mem)
         tokens = torch.full((B,), ByteTokenizer.BOS, dtype=torch.int64, device=memory.device)
+        if B == 1:  # one sequence: plain ints, no per-step masks
+            ids = []
+            for _ in range(max_length):
+                logits, state = self._step(fast, tokens, state, mem)
+                tokens = logits.argmax(-1)
+                ids.append(int(tokens))
+                if ids[-1] == ByteTokenizer.EOS:
+                    break
+            return [ids], (state[0].clone(), state[1].clone())
         out = torch.empty(B, max_length, dtype=torch.int64)
         done = torch.zeros(B, dtype=torch.bool)
         final_h, final_c = state[0].clone(), state[1].clone()
@@ -413,6 +477,8 @@ class Seq2SeqLSTM(nn.Module):
         state = self.initial_state(pooled, carried)
         mem = self.decoder.step_memory(memory, lengths)
         fast = self._stepper(fused)
+        if fast is not None:
+            mem = fast.prepare(mem)
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         finished: list[tuple[list[int], float]] = []
         tokens = torch.tensor([ByteTokenizer.BOS])
