@@ -15,6 +15,8 @@ mask, in float64 (error rule); the int8 one against its fp32 output (int8 bound)
 chat: ``fastlstm.models.LSTMEncoder.encode`` of 64 texts of 20-400 bytes
 against the same encoder with every fastlstm.LSTM swapped for its
 ``torch.nn.LSTM`` twin (``to_torch()``, same weights); checked for parity first.
+Greedy generation (``Seq2SeqLSTM.generate_ids``, 64 tokens, batch 1 and 8)
+against the same model built on ``torch.nn.LSTM`` (same weights); the ids must match.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ PRODUCTIVITY_CONFIG = dict(input_dim=32, embedding_dim=64, hidden_dim=128, num_l
 PRODUCTIVITY_T = (288, 1440)
 PRODUCTIVITY_WINDOW = 64  # fastlstm rows: sliding-window attention, +-64 steps (the document's "sparse attention")
 CHAT_TEXTS = 64
+CHAT_GENERATE_TOKENS = 64
 
 
 def _models_module(name: str):
@@ -301,8 +304,47 @@ def _chat_impl(ctx, ours: bool) -> Impl:
     return Impl("fastlstm LSTMEncoder" if ours else "LSTMEncoder on torch.nn.LSTM", ours, build)
 
 
+def _generation_state(ctx):
+    _cpu_only(ctx)
+    if "chat-generate" not in ctx.cache:
+        cls = _models_module("Seq2SeqLSTM")
+        torch.manual_seed(6)
+        fast = cls().eval()
+        twin = cls(lstm_cls=nn.LSTM).eval()
+        twin.load_state_dict(fast.state_dict())
+        ctx.cache["chat-generate"] = (fast, twin, chat_texts(8, seed=4))
+    return ctx.cache["chat-generate"]
+
+
+def _generate_impl(ctx, B: int, ours: bool) -> Impl:
+    def build() -> Prepared:
+        fast, twin, texts = _generation_state(ctx)
+        model, sources = (fast if ours else twin), texts[:B]
+
+        def fn():
+            return model.generate_ids(sources, max_length=CHAT_GENERATE_TOKENS)[0]
+
+        def check() -> Check:
+            a, b = fast.generate_ids(sources, max_length=CHAT_GENERATE_TOKENS)[0], fn()
+            same = a == b
+            return Check(0.0 if same else 1.0, 0.0, same if ours else None,
+                         "" if same else "generated ids differ from the torch.nn.LSTM build")
+
+        tokens = sum(len(r) for r in fn())
+        return Prepared(fn=fn, check=check, extra={"tokens_per_call": tokens})
+
+    return Impl("fastlstm Seq2SeqLSTM" if ours else "Seq2SeqLSTM on torch.nn.LSTM", ours, build)
+
+
 def plan_chat(ctx) -> list[Case]:
     case = Case("chat", f"encode {CHAT_TEXTS} texts", MODE, {"texts": CHAT_TEXTS, "bytes": "20-400"},
                 note="texts per second = 64 / median")
     case.impls = [_chat_impl(ctx, True), _chat_impl(ctx, False)]
-    return [case]
+    cases = [case]
+    for B in (1, 8):
+        gen = Case("chat", f"generate B={B}", MODE, {"B": B, "max_tokens": CHAT_GENERATE_TOKENS},
+                   note=f"greedy, {CHAT_GENERATE_TOKENS} tokens per sequence (untrained weights: no early eos); "
+                        "tokens per second = tokens_per_call / median; error = 1 if the ids differ")
+        gen.impls = [_generate_impl(ctx, B, True), _generate_impl(ctx, B, False)]
+        cases.append(gen)
+    return cases
