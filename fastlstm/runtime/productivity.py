@@ -38,6 +38,16 @@ def _allowed(rows: np.ndarray, cols: np.ndarray, window, global_tokens: int) -> 
     return allowed
 
 
+def _dense_linear(lin: Linear) -> tuple[np.ndarray, np.ndarray]:
+    """(weight (N, K), bias (N,)) of a runtime linear in float64 (int8 dequantised), for folding."""
+    if lin.dtype == "float32":
+        w = lin.weight_t.T.astype(np.float64)
+    else:
+        w = lin.q_weight.astype(np.float64) * lin.weight.scale[0][:, None].astype(np.float64)
+    b = np.zeros(w.shape[0]) if lin.bias is None else lin.bias.astype(np.float64)
+    return w, b
+
+
 @register_layer
 class ProductivityHead:
     """Self-attention + pattern / forecast / anomaly heads; ``dtype`` "float32" or "int8"
@@ -87,6 +97,19 @@ class ProductivityHead:
         extra = set(tensors) - known
         if extra:
             raise ValueError(f"{name}: unexpected tensors {sorted(extra)[:5]}")
+        # out_proj folds into the heads (they are linear in its output): pattern and anomaly become
+        # one (E, C + 1) matrix per head slice of the attention output, the forecast one (F, E) row
+        # map; fp32 from the stored (possibly int8) weights, so no (T, E) projection runs at all.
+        dense = {sub: _dense_linear(lin) for sub, lin in self.linears.items()}
+        w_o, b_o = dense["out_proj"]
+        w_pa = np.concatenate([dense["pattern"][0], dense["anomaly"][0]])
+        b_pa = np.concatenate([dense["pattern"][1], dense["anomaly"][1]])
+        d = E // heads
+        self._heads_w = np.ascontiguousarray((w_pa @ w_o).T.reshape(heads, d, -1), dtype=np.float32)  # (H, d, C+1)
+        self._heads_b = (w_pa @ b_o + b_pa).astype(np.float32)
+        w_f, b_f = dense["forecast"]
+        self._forecast_w = np.ascontiguousarray((w_f @ w_o).T.reshape(heads, d, -1), dtype=np.float32)
+        self._forecast_b = (w_f @ b_o + b_f).astype(np.float32)
 
     def _attend(self, x: np.ndarray):
         T, E, H = x.shape[0], self.E, self.heads
@@ -114,14 +137,13 @@ class ProductivityHead:
         _C.sparse_attention_fwd("float32", buf(q), buf(k), buf(v), buf(None), buf(out), buf(lse), 1, H, T, T, d, Dv,
                                 left, right, self.global_tokens, scale, get_num_threads())
         del v
-        attn, _ = self.linears["out_proj"].run(out[:, :, :d].transpose(1, 0, 2).reshape(T, E))
         weights = None
         if banded:
             span = left + right + 1
             weights = np.take_along_axis(out[:, :, d:d + span].mean(axis=0), unroll, axis=1)
         elif self.need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
             weights = self._dense_weights(q, k, lse, scale)
-        return attn, weights
+        return out[:, :, :d], weights
 
     def _band_tables(self, T: int):
         """(one-hot value tail (T, slots), band column -> slot (T, span)) for length T, cached for the last T."""
@@ -163,11 +185,12 @@ class ProductivityHead:
         return weights
 
     def _one(self, x: np.ndarray):
-        attn, weights = self._attend(x)
-        pattern, _ = self.linears["pattern"].run(attn)
-        forecast, _ = self.linears["forecast"].run(attn[-1])
-        anomaly, _ = self.linears["anomaly"].run(attn)
-        return pattern, forecast, anomaly, weights
+        ctx, weights = self._attend(x)  # (H, T, d) per-head attention output, before out_proj
+        heads = np.matmul(ctx, self._heads_w).sum(axis=0)  # (T, C + 1)
+        heads += self._heads_b
+        C = self.config["output_dim"]
+        forecast = np.matmul(ctx[:, -1:], self._forecast_w).sum(axis=0)[0] + self._forecast_b
+        return np.ascontiguousarray(heads[:, :C]), forecast, np.ascontiguousarray(heads[:, C:]), weights
 
     def run(self, x: np.ndarray, state=None, lengths=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
