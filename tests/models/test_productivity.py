@@ -371,3 +371,26 @@ def test_runtime_does_not_import_torch(tmp_path, python_subprocess):
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = python_subprocess(code)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("T,window,lengths", [(50, (5, 3), None), (150, (64, 64), None), (37, (0, 4), [37, 20]),
+                                              (130, (10, 10), [130, 64])])
+def test_windowed_attention_fast_path_matches_sparse_attention(T, window, lengths):
+    """Inference runs windowed attention through the fused kernel and rebuilds the banded
+    weights from its log-sum-exp; SparseAttention's own forward is the reference."""
+    from fastlstm.nn.attention import SparseAttention
+
+    torch.manual_seed(3)
+    model = ProductivityLSTM(7, 16, (16, 12), output_dim=3, attention_window=window).eval()
+    B = 1 if lengths is None else len(lengths)
+    x = torch.randn(B, T, 7)
+    L = None if lengths is None else torch.tensor(lengths)
+    with torch.no_grad():
+        h = model.lstm_features(x, None, L)
+        mask = None if L is None else torch.arange(T)[None] >= L[:, None]
+        want_out, want_w = SparseAttention.forward(model.attention, h, h, h, key_padding_mask=mask)
+        got_out, got_w = model.attention(h, h, h, key_padding_mask=mask)
+        assert model.attention(h, h, h, key_padding_mask=mask, need_weights=False)[1] is None
+    assert got_w.shape == (B, T, window[0] + window[1] + 1)
+    torch.testing.assert_close(got_out, want_out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_w, want_w, atol=1e-6, rtol=0)
