@@ -135,64 +135,52 @@ def _needs_grad(attn: nn.Module, x: Tensor) -> bool:
 
 def _windowed_self_attention(attn: nn.Module, x: Tensor, key_padding_mask: Tensor | None, need_weights: bool):
     """Inference fast path of windowed self-attention, batch-first x (B, T, E):
-    one packed in-projection GEMM, the fused sparse kernel, and the banded
-    head-averaged weights (B, T, left + right + 1) rebuilt from the kernel's
-    log-sum-exp (O(T * window), no second softmax pass)."""
+    one packed in-projection GEMM and one fused kernel call, which also yields
+    the head-averaged banded weights (B, T, left + right + 1) (see :func:`_band_tables`)."""
     B, T, E = x.shape
     H = attn.num_heads
     Dh = E // H
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0].contiguous(), qkv[1].contiguous(), qkv[2].contiguous()  # (B, H, T, Dh) each
-    scale = Dh ** -0.5
-    out, lse = _sparse_attention(q, k, v, attn.window, 0, scale, key_padding_mask, backend=attn.backend)
-    out = attn.out_proj(out.permute(0, 2, 1, 3).reshape(B, T, E))
-    if not need_weights:
-        return out, None
-    return out, banded_weights(q, k, lse, attn.window, scale, key_padding_mask, average=True)
-
-
-def banded_weights(q: Tensor, k: Tensor, lse: Tensor, window, scale: float,
-                   key_padding_mask: Tensor | None = None, *, average: bool = False, block: int = 64) -> Tensor:
-    """Banded attention weights of windowed self-attention from q, k (B, H, T, Dh)
-    and the kernel's log-sum-exp (B, H, T): per head (B, H, T, left + right + 1),
-    or averaged over heads (B, T, left + right + 1) with ``average``.
-
-    Column ``s`` of query ``i`` is key ``i - left + s`` (0 outside the sequence
-    or on padding), as :func:`fastlstm.nn.attention.banded_to_dense` reads it.
-    Scores come from one batched GEMM per block of ``block`` queries against
-    the ``block + span - 1`` keys they can see; the band is a strided view of it.
-
-    >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 8, 8, 0, scale, None)
-    >>> w = banded_weights(q, k, lse, (8, 8), scale)           # (B, H, T, 17)
-    """
-    left, right = window
-    B, H, T, D = q.shape
-    span = left + right + 1
-    nb = -(-T // block)
-    Tp = nb * block
-    W = block + span - 1
-    qp = F.pad(q, (0, 0, 0, Tp - T)).view(B, H, nb, block, D)
-    kp = F.pad(k, (0, 0, left, Tp - T + right)).contiguous()  # key j at row j + left
-    s0, s1 = kp.stride(0), kp.stride(1)
-    kwin = kp.as_strided((B, H, nb, W, D), (s0, s1, block * D, D, 1))
-    scores = torch.matmul(qp, kwin.transpose(-1, -2))  # (B, H, nb, block, W)
-    # Query row r of a block sees its band at columns r .. r + span - 1: a stride of W + 1 per row.
-    band = scores.as_strided((B, H, nb, block, span), (scores.stride(0), scores.stride(1), scores.stride(2), W + 1, 1))
-    w = band.reshape(B, H, Tp, span)[:, :, :T]  # a copy (or, for one block, a non-overlapping view of scores)
-    w.mul_(scale).sub_(lse.unsqueeze(-1)).exp_()
-    if average:  # the pattern is the same for every head: mask once, after the sum
-        w = w.sum(dim=1).div_(H).unsqueeze(1)
-    # Keys outside the sequence sit only in the first `left` and last `right` rows' corners.
-    j = torch.arange(T, device=q.device).unsqueeze(1) - left + torch.arange(span, device=q.device)
-    if key_padding_mask is not None:
-        allowed = (j >= 0) & (j < T) & ~key_padding_mask[:, j.clamp(0, T - 1)]  # (B, T, span)
-        w = torch.where(allowed.unsqueeze(1), w, w.new_zeros(()))
+    q, k = qkv[0].contiguous(), qkv[1].contiguous()  # (B, H, T, Dh) each
+    if need_weights:
+        # Values get a one-hot tail: slot j mod span for key j. A query's window holds span
+        # consecutive keys, so its output tail is exactly its softmax weights (the kernel's own),
+        # at slots that a fixed per-row rotation maps back to band columns.
+        template, unroll = _band_tables(T, attn.window, x.device, x.dtype)
+        v = x.new_empty(B, H, T, Dh + template.shape[1])
+        v[..., :Dh] = qkv[2]
+        v[..., Dh:] = template
     else:
-        edge = min(T, left + right)
-        for rows in (slice(0, edge), slice(max(0, T - edge), T)):
-            jj = j[rows]
-            w[:, :, rows].masked_fill_((jj < 0) | (jj >= T), 0.0)
-    return w.squeeze(1) if average else w
+        v = qkv[2].contiguous()
+    out, _ = _sparse_attention(q, k, v, attn.window, 0, Dh ** -0.5, key_padding_mask, backend=attn.backend)
+    result = attn.out_proj(out[..., :Dh].permute(0, 2, 1, 3).reshape(B, T, E))
+    if not need_weights:
+        return result, None
+    span = unroll.shape[2]
+    weights = out[..., Dh:Dh + span].mean(dim=1)  # (B, T, span) by slot
+    return result, torch.gather(weights, 2, unroll.expand(B, T, span))
+
+
+_BAND_TABLES: dict = {}
+
+
+def _band_tables(T: int, window, device, dtype) -> tuple[Tensor, Tensor]:
+    """One-hot value tail (T, slots) (slot ``j mod span`` of key j; slots rounded up to
+    16 so the kernel's value loop runs on whole vectors) and, per query and band
+    column ``s`` (key ``i - left + s``), the slot holding it (T, span); a few cached."""
+    key = (T, window, str(device), dtype)
+    hit = _BAND_TABLES.get(key)
+    if hit is None:
+        left, right = window
+        span = left + right + 1
+        keys = torch.arange(T, device=device)
+        template = torch.zeros(T, -(-span // 16) * 16, device=device, dtype=dtype)
+        template[keys, keys % span] = 1.0
+        unroll = ((keys.unsqueeze(1) - left + torch.arange(span, device=device)) % span).unsqueeze(0)
+        if len(_BAND_TABLES) >= 8:
+            _BAND_TABLES.pop(next(iter(_BAND_TABLES)))
+        hit = _BAND_TABLES[key] = (template, unroll)
+    return hit
 
 
 def _make_attention(embed_dim: int, num_heads: int, dropout: float, window, global_tokens: int) -> nn.Module:
