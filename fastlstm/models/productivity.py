@@ -30,6 +30,7 @@ from fastlstm.ops.lstm import lstm as lstm_op
 
 try:  # the fused sparse attention module, where this build has it
     from fastlstm.nn.attention import SparseAttention as _SparseAttention
+    from fastlstm.ops.attention import sparse_attention as _sparse_attention
 except ImportError:
     _SparseAttention = None
 
@@ -117,7 +118,69 @@ if _SparseAttention is not None:
         def forward(self, query, key, value, key_padding_mask=None, need_weights=True):
             if self.training and self.dropout > 0:
                 return _masked_attention(self, query, key_padding_mask, need_weights)
+            if query is key and key is value and query.dim() == 3 and self.in_proj_weight is not None \
+                    and self.bias_k is None and not self.add_zero_attn and not self.global_tokens:
+                if self.window is None and need_weights:
+                    # Dense weights are (T, T) anyway: torch's attention forms them once and reuses
+                    # them for the output, instead of the fused kernel plus a second T x T pass.
+                    return _masked_attention(self, query, key_padding_mask, True)
+                if self.window is not None and not (torch.is_grad_enabled() and _needs_grad(self, query)):
+                    return _windowed_self_attention(self, query, key_padding_mask, need_weights)
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights)
+
+
+def _needs_grad(attn: nn.Module, x: Tensor) -> bool:
+    return x.requires_grad or any(p.requires_grad for p in attn.parameters())
+
+
+def _windowed_self_attention(attn: nn.Module, x: Tensor, key_padding_mask: Tensor | None, need_weights: bool):
+    """Inference fast path of windowed self-attention, batch-first x (B, T, E):
+    one packed in-projection GEMM and one fused kernel call, which also yields
+    the head-averaged banded weights (B, T, left + right + 1) (see :func:`_band_tables`)."""
+    B, T, E = x.shape
+    H = attn.num_heads
+    Dh = E // H
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+    q, k = qkv[0].contiguous(), qkv[1].contiguous()  # (B, H, T, Dh) each
+    if need_weights:
+        # Values get a one-hot tail: slot j mod span for key j. A query's window holds span
+        # consecutive keys, so its output tail is exactly its softmax weights (the kernel's own),
+        # at slots that a fixed per-row rotation maps back to band columns.
+        template, unroll = _band_tables(T, attn.window, x.device, x.dtype)
+        v = x.new_empty(B, H, T, Dh + template.shape[1])
+        v[..., :Dh] = qkv[2]
+        v[..., Dh:] = template
+    else:
+        v = qkv[2].contiguous()
+    out, _ = _sparse_attention(q, k, v, attn.window, 0, Dh ** -0.5, key_padding_mask, backend=attn.backend)
+    result = attn.out_proj(out[..., :Dh].permute(0, 2, 1, 3).reshape(B, T, E))
+    if not need_weights:
+        return result, None
+    span = unroll.shape[2]
+    weights = out[..., Dh:Dh + span].mean(dim=1)  # (B, T, span) by slot
+    return result, torch.gather(weights, 2, unroll.expand(B, T, span))
+
+
+_BAND_TABLES: dict = {}
+
+
+def _band_tables(T: int, window, device, dtype) -> tuple[Tensor, Tensor]:
+    """One-hot value tail (T, slots) (slot ``j mod span`` of key j; slots rounded up to
+    16 so the kernel's value loop runs on whole vectors) and, per query and band
+    column ``s`` (key ``i - left + s``), the slot holding it (T, span); a few cached."""
+    key = (T, window, str(device), dtype)
+    hit = _BAND_TABLES.get(key)
+    if hit is None:
+        left, right = window
+        span = left + right + 1
+        keys = torch.arange(T, device=device)
+        template = torch.zeros(T, -(-span // 16) * 16, device=device, dtype=dtype)
+        template[keys, keys % span] = 1.0
+        unroll = ((keys.unsqueeze(1) - left + torch.arange(span, device=device)) % span).unsqueeze(0)
+        if len(_BAND_TABLES) >= 8:
+            _BAND_TABLES.pop(next(iter(_BAND_TABLES)))
+        hit = _BAND_TABLES[key] = (template, unroll)
+    return hit
 
 
 def _make_attention(embed_dim: int, num_heads: int, dropout: float, window, global_tokens: int) -> nn.Module:

@@ -225,6 +225,7 @@ class Linear:
             q = _tensor(tensors, "weight", (N, K), np.int8, name)
             s = _tensor(tensors, "weight_scale", (N,), np.float32, name)
             self.weight = PackedWeight(q[None], s[None])
+            self.q_weight = q  # row-major int8, for layers that fold weights at load
         else:
             raise ValueError(f"{name}: dtype must be 'float32' or 'int8', got {self.dtype!r}")
 
@@ -238,7 +239,7 @@ class Linear:
             if self.bias is not None:
                 out += self.bias
         else:
-            out = int8_linear(flat, self.weight, self.bias)
+            out = int8_linear(flat, self.weight, self.bias, threads=get_num_threads())
         return out.reshape(*x.shape[:-1], self.out_features), None
 
 

@@ -6,8 +6,12 @@ layers (``lstm``) and this ``productivity_head``: 4-head self-attention
 (dense, or the sliding window + global tokens pattern) followed by the
 pattern, forecast and anomaly heads. The loaded model returns
 ``(pattern (T, C), forecast (input_dim,), anomaly logits (T, 1), attention
-weights (T, T) or None)`` for an unbatched ``(T, input_dim)`` input, with a
-leading batch axis for ``(B, T, input_dim)``.
+weights or None)`` for an unbatched ``(T, input_dim)`` input, with a
+leading batch axis for ``(B, T, input_dim)``. The weights are head-averaged,
+banded ``(T, left + right + 1)`` for a sliding window without global tokens
+(as the torch model returns them; column ``s`` of query ``i`` is key
+``i - left + s``), dense ``(T, T)`` otherwise. Attention itself runs in the
+fused sparse kernel of ``fastlstm._C``.
 
 >>> model = fastlstm.runtime.load("productivity_int8.safetensors")
 >>> pattern, forecast, anomaly, attn = model(features)      # numpy (T, input_dim)
@@ -17,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastlstm.runtime.layers import Linear, register_layer
+from fastlstm._ext import _C, buf
+from fastlstm.runtime.layers import Linear, get_num_threads, register_layer
 
 _BLOCK = 128  # queries per block: bounds the score buffer to heads x 128 x keys
 
@@ -33,6 +38,16 @@ def _allowed(rows: np.ndarray, cols: np.ndarray, window, global_tokens: int) -> 
     return allowed
 
 
+def _dense_linear(lin: Linear) -> tuple[np.ndarray, np.ndarray]:
+    """(weight (N, K), bias (N,)) of a runtime linear in float64 (int8 dequantised), for folding."""
+    if lin.dtype == "float32":
+        w = lin.weight_t.T.astype(np.float64)
+    else:
+        w = lin.q_weight.astype(np.float64) * lin.weight.scale[0][:, None].astype(np.float64)
+    b = np.zeros(w.shape[0]) if lin.bias is None else lin.bias.astype(np.float64)
+    return w, b
+
+
 @register_layer
 class ProductivityHead:
     """Self-attention + pattern / forecast / anomaly heads; ``dtype`` "float32" or "int8"
@@ -40,7 +55,7 @@ class ProductivityHead:
 
     Tensors: ``in_proj.*`` (3E, E), ``out_proj.*`` (E, E), ``pattern.*`` (C, E),
     ``forecast.*`` (F, E), ``anomaly.*`` (1, E), each as the ``linear`` layer stores them.
-    Set ``need_weights = False`` on the loaded layer to skip the (T, T) weights.
+    Set ``need_weights = False`` on the loaded layer to skip the weights.
     """
 
     TYPE = "productivity_head"
@@ -67,6 +82,7 @@ class ProductivityHead:
         self.config, self.E, self.heads, self.window = dict(config), E, heads, window
         self.global_tokens = config["global_tokens"]
         self.need_weights = True
+        self._band_cache = None
         sizes = {"in_proj": (E, 3 * E), "out_proj": (E, E), "pattern": (E, config["output_dim"]),
                  "forecast": (E, config["forecast_dim"]), "anomaly": (E, 1)}
         self.linears = {}
@@ -81,18 +97,73 @@ class ProductivityHead:
         extra = set(tensors) - known
         if extra:
             raise ValueError(f"{name}: unexpected tensors {sorted(extra)[:5]}")
+        # out_proj folds into the heads (they are linear in its output): pattern and anomaly become
+        # one (E, C + 1) matrix per head slice of the attention output, the forecast one (F, E) row
+        # map; fp32 from the stored (possibly int8) weights, so no (T, E) projection runs at all.
+        dense = {sub: _dense_linear(lin) for sub, lin in self.linears.items()}
+        w_o, b_o = dense["out_proj"]
+        w_pa = np.concatenate([dense["pattern"][0], dense["anomaly"][0]])
+        b_pa = np.concatenate([dense["pattern"][1], dense["anomaly"][1]])
+        d = E // heads
+        self._heads_w = np.ascontiguousarray((w_pa @ w_o).T.reshape(heads, d, -1), dtype=np.float32)  # (H, d, C+1)
+        self._heads_b = (w_pa @ b_o + b_pa).astype(np.float32)
+        w_f, b_f = dense["forecast"]
+        self._forecast_w = np.ascontiguousarray((w_f @ w_o).T.reshape(heads, d, -1), dtype=np.float32)
+        self._forecast_b = (w_f @ b_o + b_f).astype(np.float32)
 
     def _attend(self, x: np.ndarray):
         T, E, H = x.shape[0], self.E, self.heads
         d = E // H
         qkv, _ = self.linears["in_proj"].run(x)
-        q = np.ascontiguousarray(qkv[:, :E].reshape(T, H, d).transpose(1, 0, 2))
-        q *= np.float32(1.0 / np.sqrt(d))
-        k = np.ascontiguousarray(qkv[:, E:2 * E].reshape(T, H, d).transpose(1, 0, 2))
-        v = np.ascontiguousarray(qkv[:, 2 * E:].reshape(T, H, d).transpose(1, 0, 2))
+        qkv = qkv.reshape(T, 3, H, d).transpose(1, 2, 0, 3)  # (3, H, T, d) view
+        q, k = np.ascontiguousarray(qkv[0]), np.ascontiguousarray(qkv[1])
+        left, right = self.window if self.window is not None else (-1, -1)  # < 0: unbounded
+        banded = self.need_weights and self.window is not None and not self.global_tokens
+        if banded:
+            # Values get a one-hot tail: slot j mod span for key j. A query's window holds span
+            # consecutive keys, so its output tail is exactly its softmax weights (the kernel's
+            # own), at slots that a fixed per-row rotation maps back to band columns.
+            template, unroll = self._band_tables(T)
+            v = np.empty((H, T, d + template.shape[1]), np.float32)
+            v[:, :, d:] = template
+            v[:, :, :d] = qkv[2]
+        else:
+            v = np.ascontiguousarray(qkv[2])
         del qkv  # peak memory matters on desktops: keep only the per-head copies
-        out = np.empty((H, T, d), np.float32)
-        weights = np.zeros((T, T), np.float32) if self.need_weights else None
+        Dv = v.shape[2]
+        out = np.empty((H, T, Dv), np.float32)
+        lse = np.empty((H, T), np.float32)
+        scale = 1.0 / np.sqrt(d)
+        _C.sparse_attention_fwd("float32", buf(q), buf(k), buf(v), buf(None), buf(out), buf(lse), 1, H, T, T, d, Dv,
+                                left, right, self.global_tokens, scale, get_num_threads())
+        del v
+        weights = None
+        if banded:
+            span = left + right + 1
+            weights = np.take_along_axis(out[:, :, d:d + span].mean(axis=0), unroll, axis=1)
+        elif self.need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
+            weights = self._dense_weights(q, k, lse, scale)
+        return out[:, :, :d], weights
+
+    def _band_tables(self, T: int):
+        """(one-hot value tail (T, slots), band column -> slot (T, span)) for length T, cached for the last T."""
+        cached = self._band_cache
+        if cached is not None and cached[0] == T:
+            return cached[1], cached[2]
+        left, right = self.window
+        span = left + right + 1
+        slots = -(-span // 16) * 16  # whole SIMD vectors of value columns run faster in the kernel
+        keys = np.arange(T)
+        template = np.zeros((T, slots), np.float32)
+        template[keys, keys % span] = 1.0
+        unroll = (keys[:, None] - left + np.arange(span)[None, :]) % span
+        self._band_cache = (T, template, unroll)
+        return template, unroll
+
+    def _dense_weights(self, q: np.ndarray, k: np.ndarray, lse: np.ndarray, scale: float) -> np.ndarray:
+        """(T, T) head-averaged weights, in blocks of queries against the keys the pattern allows."""
+        H, T, _ = q.shape
+        weights = np.zeros((T, T), np.float32)
         g = self.global_tokens
         for i0 in range(0, T, _BLOCK):
             i1 = min(T, i0 + _BLOCK)
@@ -101,28 +172,25 @@ class ProductivityHead:
             else:  # only the band (and the global keys) can be attended
                 lo, hi = max(0, i0 - self.window[0]), min(T, i1 + self.window[1])
                 keys = slice(lo, hi) if g == 0 else np.union1d(np.arange(min(g, T)), np.arange(lo, hi))
-            kb, vb = k[:, keys], v[:, keys]
-            scores = q[:, i0:i1] @ kb.transpose(0, 2, 1)  # (H, b, nk)
+            scores = q[:, i0:i1] @ k[:, keys].transpose(0, 2, 1)  # (H, b, nk)
+            scores *= np.float32(scale)
+            scores -= lse[:, i0:i1, None]
+            np.exp(scores, out=scores)
             if self.window is not None or g:
                 cols = np.arange(T)[keys] if isinstance(keys, slice) else keys
                 allowed = _allowed(np.arange(i0, i1), cols, self.window, g)
                 if not allowed.all():
-                    scores[:, ~allowed] = -np.inf
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            out[:, i0:i1] = scores @ vb
-            if weights is not None:
-                weights[i0:i1, keys] = scores.mean(axis=0)
-        attn, _ = self.linears["out_proj"].run(out.transpose(1, 0, 2).reshape(T, E))
-        return attn, weights
+                    scores[:, ~allowed] = 0.0
+            weights[i0:i1, keys] = scores.mean(axis=0)
+        return weights
 
     def _one(self, x: np.ndarray):
-        attn, weights = self._attend(x)
-        pattern, _ = self.linears["pattern"].run(attn)
-        forecast, _ = self.linears["forecast"].run(attn[-1])
-        anomaly, _ = self.linears["anomaly"].run(attn)
-        return pattern, forecast, anomaly, weights
+        ctx, weights = self._attend(x)  # (H, T, d) per-head attention output, before out_proj
+        heads = np.matmul(ctx, self._heads_w).sum(axis=0)  # (T, C + 1)
+        heads += self._heads_b
+        C = self.config["output_dim"]
+        forecast = np.matmul(ctx[:, -1:], self._forecast_w).sum(axis=0)[0] + self._forecast_b
+        return np.ascontiguousarray(heads[:, :C]), forecast, np.ascontiguousarray(heads[:, C:]), weights
 
     def run(self, x: np.ndarray, state=None, lengths=None):
         x = np.ascontiguousarray(x, dtype=np.float32)

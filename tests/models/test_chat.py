@@ -72,6 +72,19 @@ def test_tokenizer_batch_and_pack():
     assert TOK.decode([104, 105, TOK.EOS, 106]) == "hi"  # stops at eos
 
 
+@pytest.mark.parametrize("bos,eos,max_length", [(False, False, None), (True, False, 3), (False, True, None),
+                                                 (True, True, 0), (True, True, 2)])
+def test_tokenizer_batch_matches_encode(bos, eos, max_length):
+    texts = ["ab", "", "abcdé", b"\xff\xfe raw"]
+    ids, lengths = TOK.batch(texts, bos=bos, eos=eos, max_length=max_length)
+    rows = [TOK.encode(t, bos=bos, eos=eos, max_length=max_length) or [TOK.SEP] for t in texts]
+    assert lengths.tolist() == [len(r) for r in rows] and ids.dtype == torch.int64
+    for row, want in zip(ids.tolist(), rows):
+        assert row == want + [TOK.PAD] * (ids.shape[1] - len(want))
+    with pytest.raises(ValueError, match="max_length"):
+        TOK.batch(["a"], max_length=-1)
+
+
 # -- encoder -----------------------------------------------------------------
 
 def test_encoder_shape_normalisation_and_order():
@@ -95,6 +108,29 @@ def test_encoder_parity_with_torch_build():
         for a, b in zip(fast.encoder(ids, lengths), ref.encoder(ids, lengths)):
             assert_parity(a, b, torch.float32)
     np.testing.assert_allclose(fast.encoder.encode(texts), ref.encoder.encode(texts), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_encoder_folded_gates_match_the_op_path_and_torch(layers):
+    """Inference folds the embedding into layer 0's input gates; with gradients on (and on the
+    torch build) the plain path runs: all three agree, and an update of the weights is seen."""
+    torch.manual_seed(1)
+    fast = LSTMEncoder(embed_dim=8, hidden_size=12, num_layers=layers, dim=6).eval()
+    ref = LSTMEncoder(embed_dim=8, hidden_size=12, num_layers=layers, dim=6, lstm_cls=torch.nn.LSTM).eval()
+    ref.load_state_dict(fast.state_dict())
+    ids, lengths = TOK.batch(["one", "a longer text", "x" * 30])
+    with torch.no_grad():
+        folded = fast(ids, lengths)
+    plain = fast(ids, lengths)  # grad enabled: embedding + lstm op
+    with torch.no_grad():
+        twin = ref(ids, lengths)
+    for a, b, c in zip(folded, plain, twin):
+        assert_parity(a, b.detach(), torch.float32)
+        assert_parity(a, c, torch.float32)
+    with torch.no_grad():
+        fast.embedding.weight.mul_(2.0)
+        ref.embedding.weight.mul_(2.0)
+        assert_parity(fast(ids, lengths)[0], ref(ids, lengths)[0], torch.float32)
 
 
 # -- decoder and generation --------------------------------------------------

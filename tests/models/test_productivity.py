@@ -320,8 +320,7 @@ def test_runtime_fp32_matches_torch(tmp_path, case):
     model = ProductivityLSTM(11, 12, (16, 8), output_dim=5, **EXPORT_CASES[case]).eval()
     x = torch.randn(2, 150, 11)  # more queries than the runtime's block of 128
     with torch.no_grad():
-        expected = list(model(x))
-    expected[3] = dense_attention_weights(expected[3], model.attention_window, 150)
+        expected = list(model(x))  # weights banded for a window without global tokens, as the runtime's
     path = tmp_path / "model.safetensors"
     fastlstm.export(model, path)
     loaded = rt.load(path)
@@ -368,7 +367,30 @@ def test_runtime_does_not_import_torch(tmp_path, python_subprocess):
     fastlstm.export(model, path, dtype="int8")
     code = ("import sys, numpy as np, fastlstm.runtime as rt\n"
             f"out = rt.load({str(path)!r})(np.zeros((40, 11), np.float32))\n"
-            "assert out[0].shape == (40, 5) and out[1].shape == (11,) and out[3].shape == (40, 40)\n"
+            "assert out[0].shape == (40, 5) and out[1].shape == (11,) and out[3].shape == (40, 9)\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = python_subprocess(code)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("T,window,lengths", [(50, (5, 3), None), (150, (64, 64), None), (37, (0, 4), [37, 20]),
+                                              (130, (10, 10), [130, 64])])
+def test_windowed_attention_fast_path_matches_sparse_attention(T, window, lengths):
+    """Inference runs windowed attention through the fused kernel and rebuilds the banded
+    weights from its log-sum-exp; SparseAttention's own forward is the reference."""
+    from fastlstm.nn.attention import SparseAttention
+
+    torch.manual_seed(3)
+    model = ProductivityLSTM(7, 16, (16, 12), output_dim=3, attention_window=window).eval()
+    B = 1 if lengths is None else len(lengths)
+    x = torch.randn(B, T, 7)
+    L = None if lengths is None else torch.tensor(lengths)
+    with torch.no_grad():
+        h = model.lstm_features(x, None, L)
+        mask = None if L is None else torch.arange(T)[None] >= L[:, None]
+        want_out, want_w = SparseAttention.forward(model.attention, h, h, h, key_padding_mask=mask)
+        got_out, got_w = model.attention(h, h, h, key_padding_mask=mask)
+        assert model.attention(h, h, h, key_padding_mask=mask, need_weights=False)[1] is None
+    assert got_w.shape == (B, T, window[0] + window[1] + 1)
+    torch.testing.assert_close(got_out, want_out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_w, want_w, atol=1e-6, rtol=0)

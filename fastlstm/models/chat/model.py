@@ -9,6 +9,8 @@ state_dict keys are identical), which is what the parity tests and benchmarks us
 from __future__ import annotations
 
 import importlib
+import threading
+import weakref
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -19,6 +21,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastlstm
 from fastlstm.models.chat.tokenizer import ByteTokenizer
+from fastlstm.ops.lstm import lstm as lstm_op
+from fastlstm.ops.lstm import lstm_recurrence
 
 State = tuple[Tensor, Tensor]
 
@@ -42,6 +46,28 @@ def _mask_bias(lengths: Tensor, T: int, dtype: torch.dtype) -> Tensor:
     """(B, T): 0 where a position is inside its sequence, -inf past it."""
     valid = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
     return torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf"))
+
+
+_WORKSPACE = threading.local()
+# Inference-only tables derived from a module's weights (encoder gate table, decoder stepper),
+# keyed by the module and validated against its parameters' version counters. Kept outside
+# the modules so that copying or pickling a model never carries them.
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _workspace(numel: int) -> Tensor:
+    """A per-thread float32 buffer reused across encode calls for the input gates (they never
+    escape the call): a fresh 100 MB buffer per call costs more in page faults than the gather."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACE.buf = torch.empty(numel)
+    return buf[:numel]
+
+
+def _direct_lstm(lstm: nn.Module) -> bool:
+    """True for a plain fastlstm.LSTM that the encoder may call through the op directly."""
+    return (type(lstm) is fastlstm.LSTM and lstm.bias and lstm.proj_size == 0 and not lstm.return_gates
+            and not lstm._gate_recorders)
 
 
 class LSTMEncoder(nn.Module):
@@ -77,12 +103,67 @@ class LSTMEncoder(nn.Module):
         if lengths.numel() and int(lengths.min()) < 1:
             raise ValueError("every sequence needs at least one token")
         T = ids.shape[1]
-        packed = pack_padded_sequence(self.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
-        weights = torch.softmax(self.score(out).squeeze(-1) + _mask_bias(lengths.cpu(), T, out.dtype).to(out.device), -1)
+        if _direct_lstm(self.lstm):
+            # fastlstm's ops take padded time-major input with lengths: no packing, sorting or
+            # unpacking copies, and everything below stays time-major (T, B, ·).
+            out_tm = self._lstm_time_major(ids, lengths.to("cpu", torch.int64))
+            bias = _mask_bias(lengths.cpu(), T, out_tm.dtype).to(out_tm.device)
+            weights = torch.softmax(self.score(out_tm).squeeze(-1).t() + bias, -1)  # (B, T)
+            out = out_tm.transpose(0, 1)  # (B, T, 2H) view
+        else:
+            packed = pack_padded_sequence(self.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+            weights = torch.softmax(self.score(out).squeeze(-1) + _mask_bias(lengths.cpu(), T, out.dtype).to(out.device), -1)
         pooled = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
         return F.normalize(self.project(pooled), dim=-1), out, pooled
+
+    def _lstm_time_major(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """LSTM outputs (T, B, D*H) of padded ids (B, T) through fastlstm's ops."""
+        lstm = self.lstm
+        ids_tm = ids.t()
+        weights = lstm._flat_weights
+        if torch.is_grad_enabled() or self.training or lstm.backend not in (None, "auto", "cpu") \
+                or ids.device.type != "cpu" or self.embedding.weight.dtype != torch.float32:
+            return lstm_op(self.embedding(ids_tm), None, weights, num_layers=lstm.num_layers,
+                           bidirectional=lstm.bidirectional, dropout=lstm.dropout, training=self.training,
+                           lengths=lengths, backend=lstm.backend)[0]
+        # Inference: embedding and layer 0's input projection fold into a (vocab, D*4H) table,
+        # so the input gates of every step are one row gather instead of a GEMM over T*B rows.
+        table, w_hh = self._gate_table()
+        T, B = ids_tm.shape
+        D, H = w_hh.shape[0], lstm.hidden_size
+        gx = _workspace(T * B * D * 4 * H).view(T * B, D * 4 * H)
+        torch.index_select(table, 0, ids_tm.reshape(-1), out=gx)
+        gx = gx.view(T, B, D, 4 * H)
+        zeros = gx.new_zeros(D, B, H)
+        y = lstm_recurrence(gx, w_hh, None, zeros, zeros, lengths, False)[0].view(T, B, D * H)
+        if lstm.num_layers == 1:
+            return y
+        per_layer = len(weights) // lstm.num_layers
+        return lstm_op(y, None, weights[per_layer:], num_layers=lstm.num_layers - 1,
+                       bidirectional=lstm.bidirectional, lengths=lengths, backend=lstm.backend)[0]
+
+    def _gate_table(self) -> tuple[Tensor, Tensor]:
+        """(vocab, D*4H) = embedding · W_ih0ᵀ + b_ih0 + b_hh0 and w_hh0 (D, 4H, H), cached
+        against the parameters' version counters (an optimizer step rebuilds them)."""
+        lstm = self.lstm
+        D = 2 if lstm.bidirectional else 1
+        per_dir = len(lstm._flat_weights) // (lstm.num_layers * D)
+        layer0 = lstm._flat_weights[: per_dir * D]
+        params = [self.embedding.weight] + list(layer0)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = _CACHE.get(self)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            dirs = [layer0[d * per_dir : (d + 1) * per_dir] for d in range(D)]
+            w_ih = torch.cat([w[0] for w in dirs])
+            bias = torch.cat([w[2] + w[3] for w in dirs])
+            table = torch.addmm(bias, self.embedding.weight, w_ih.t()).contiguous()
+            w_hh = torch.stack([w[1] for w in dirs]).contiguous()
+        _CACHE[self] = (key, (table, w_hh))
+        return table, w_hh
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str | bytes], *, batch_size: int = 64, max_length: int = 1024,
@@ -160,12 +241,17 @@ class LSTMDecoder(nn.Module):
 
 
 class _FusedDecodeStep:
-    """One decoder LSTM step as one fused kernel call per layer, for generation.
+    """One decoder step for generation: one fused kernel call per layer, then attention
+    and the output projection as four torch calls, with no allocation per step.
 
-    Built once per generate call (inference only). The embedding and the first
-    layer's input projection are folded into a (V, 4H) table, so layer 0's input
-    gates are a row gather; the kernel is called directly through ``fastlstm._C``
-    with no per-step module, op-dispatch or autograd overhead.
+    Built once per weights (cached on the decoder against the parameters' version
+    counters; inference only). The embedding and the first layer's input projection
+    are folded into a (V, 4H) table, so layer 0's input gates are a row gather; the
+    kernel is called directly through ``fastlstm._C`` with no per-step module,
+    op-dispatch or autograd overhead; new states go to two preallocated state
+    buffers per thread, used in turn (a returned state stays valid until the step after next).
+    The combine layer's bias is folded into the attention values (the attention
+    weights sum to one), see :meth:`prepare`.
     """
 
     def __init__(self, decoder: LSTMDecoder) -> None:
@@ -188,7 +274,21 @@ class _FusedDecodeStep:
         pack = getattr(lstm_ops, "_packed", None)
         self._packed = [pack(w.unsqueeze(0), 1, self.H, self.H) for w in self.w_hh] if pack else []
         self.extra = [(self._buf(p),) if p is not None else () for p in self._packed] or [()] * self.L
-        self.threads = torch.get_num_threads()
+        self.combine_bias = decoder.combine.bias.detach()
+        self.out_w_t = decoder.out.weight.detach().t()
+        self.out_b = decoder.out.bias.detach()
+        self._local = threading.local()  # state buffers per thread: concurrent sessions share the stepper
+
+    @classmethod
+    def for_decoder(cls, decoder: LSTMDecoder) -> "_FusedDecodeStep":
+        """The decoder's stepper, rebuilt only when a parameter changed (or was replaced)."""
+        key = tuple((p.data_ptr(), p._version) for p in decoder.parameters()) + (torch.get_num_threads(),)
+        cached = _CACHE.get(decoder)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        step = cls(decoder)
+        _CACHE[decoder] = (key, step)
+        return step
 
     @staticmethod
     def supported(decoder: LSTMDecoder) -> bool:
@@ -200,23 +300,51 @@ class _FusedDecodeStep:
         w = lstm.weight_ih_l0
         if w.device.type != "cpu" or w.dtype != torch.float32 or lstm._gate_recorders or lstm.return_gates:
             return False
+        if decoder.combine.bias is None or decoder.out.bias is None:
+            return False
         return _backends.resolve(lstm.backend, w.device, w.dtype) == "cpu"
+
+    def _buffers(self, B: int):
+        per_batch = self._local.__dict__.setdefault("per_batch", {})
+        bufs = per_batch.get(B)
+        if bufs is None:
+            L, H, buf = self.L, self.H, self._buf
+            hs = [torch.empty(L, B, H) for _ in range(2)]
+            cs = [torch.empty(L, B, H) for _ in range(2)]
+            gx = torch.empty(B, 4 * H)
+            y = torch.empty(B, H)
+            layer_bufs = [[(buf(h[l]), buf(c[l])) for l in range(L)] for h, c in zip(hs, cs)]
+            bufs = per_batch[B] = (hs, cs, gx, y, layer_bufs, buf(gx), buf(y))
+        return bufs
 
     def lstm(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         B, H = tokens.shape[0], self.H
-        gx = self.table.index_select(0, tokens)
-        h_new = torch.empty(self.L, B, H)
-        c_new = torch.empty(self.L, B, H)
-        y = torch.empty(B, H)
+        hs, cs, gx, y, layer_bufs, gx_buf, y_buf = self._buffers(B)
+        new = 1 if h is hs[0] else 0  # never write the state being read
+        old_bufs = layer_bufs[1 - new] if h is hs[1 - new] and c is cs[1 - new] else None
+        h_new, c_new = hs[new], cs[new]
+        torch.index_select(self.table, 0, tokens, out=gx)
         buf = self._buf
         for l in range(self.L):
             if l:
-                gx = torch.addmm(self.bias[l], h_new[l - 1], self.w_ih_t[l])
-            self._C.lstm_recurrence_fwd("float32", buf(gx), self.w_hh_buf[l], (0, 0), buf(h[l]), buf(c[l]), (0, 0),
-                                        buf(y), buf(h_new[l]), buf(c_new[l]), (0, 0), (0, 0),
-                                        1, B, 1, H, H, self.threads, *self.extra[l])
+                torch.addmm(self.bias[l], h_new[l - 1], self.w_ih_t[l], out=gx)
+            h_in, c_in = old_bufs[l] if old_bufs is not None else (buf(h[l]), buf(c[l]))
+            h_out, c_out = layer_bufs[new][l]
+            self._C.lstm_recurrence_fwd("float32", gx_buf, self.w_hh_buf[l], (0, 0), h_in, c_in, (0, 0),
+                                        y_buf, h_out, c_out, (0, 0), (0, 0), 1, B, 1, H, H, torch.get_num_threads(),
+                                        *self.extra[l])
         return h_new[-1], (h_new, c_new)
+
+    def prepare(self, mem: StepMemory) -> StepMemory:
+        """``mem`` with the combine layer's bias folded into its values (for :meth:`attend`)."""
+        return mem._replace(values=mem.values + self.combine_bias)
+
+    def attend(self, top: Tensor, mem: StepMemory) -> Tensor:
+        """:meth:`LSTMDecoder.attend_step` on a :meth:`prepare`-d memory: logits (B, V)."""
+        scores = torch.baddbmm(mem.mask.unsqueeze(1), top.unsqueeze(1), mem.keys.transpose(1, 2))
+        context = torch.bmm(torch.softmax(scores, -1), mem.values).squeeze(1)
+        return torch.addmm(self.out_b, torch.addmm(context, top, mem.w_query_t).tanh_(), self.out_w_t)
 
 
 class Seq2SeqLSTM(nn.Module):
@@ -274,13 +402,14 @@ class Seq2SeqLSTM(nn.Module):
         use = _FusedDecodeStep.supported(self.decoder) if fused is None else fused
         if use and not _FusedDecodeStep.supported(self.decoder):
             raise ValueError("fused decoding needs a float32 CPU fastlstm.LSTM decoder with biases and the cpu backend")
-        return _FusedDecodeStep(self.decoder) if use else None
+        return _FusedDecodeStep.for_decoder(self.decoder) if use else None
 
     def _step(self, fast, tokens, state, mem: StepMemory):
+        """One token; with ``fast``, ``mem`` must come from ``fast.prepare``."""
         if fast is None:
             return self.decoder.step(tokens, state, mem)
         top, state = fast.lstm(tokens, state)
-        return self.decoder.attend_step(top, mem), state
+        return fast.attend(top, mem), state
 
     @torch.no_grad()
     def generate_ids(self, sources: Sequence[str | bytes], *, max_length: int = 64, carried: State | None = None,
@@ -295,7 +424,18 @@ class Seq2SeqLSTM(nn.Module):
         state = self.initial_state(pooled, carried)
         mem = self.decoder.step_memory(memory, lengths)
         fast = self._stepper(fused)
+        if fast is not None:
+            mem = fast.prepare(mem)
         tokens = torch.full((B,), ByteTokenizer.BOS, dtype=torch.int64, device=memory.device)
+        if B == 1:  # one sequence: plain ints, no per-step masks
+            ids = []
+            for _ in range(max_length):
+                logits, state = self._step(fast, tokens, state, mem)
+                tokens = logits.argmax(-1)
+                ids.append(int(tokens))
+                if ids[-1] == ByteTokenizer.EOS:
+                    break
+            return [ids], (state[0].clone(), state[1].clone())
         out = torch.empty(B, max_length, dtype=torch.int64)
         done = torch.zeros(B, dtype=torch.bool)
         final_h, final_c = state[0].clone(), state[1].clone()
@@ -337,6 +477,8 @@ class Seq2SeqLSTM(nn.Module):
         state = self.initial_state(pooled, carried)
         mem = self.decoder.step_memory(memory, lengths)
         fast = self._stepper(fused)
+        if fast is not None:
+            mem = fast.prepare(mem)
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         finished: list[tuple[list[int], float]] = []
         tokens = torch.tensor([ByteTokenizer.BOS])

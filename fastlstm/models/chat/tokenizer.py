@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -109,12 +110,25 @@ class ByteTokenizer:
         """
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts must be a sequence of str or bytes, not a single string")
-        seqs = [self.encode(t, bos=bos, eos=eos, max_length=max_length) or [self.SEP] for t in texts]
-        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-        ids = torch.full((len(seqs), int(lengths.max()) if seqs else 0), self.PAD, dtype=torch.int64)
-        for row, s in enumerate(seqs):
-            ids[row, : len(s)] = torch.tensor(s, dtype=torch.int64)
-        return ids, lengths
+        if max_length is not None and max_length < 0:
+            raise ValueError(f"max_length must be >= 0, got {max_length}")
+        # Bytes straight into one numpy buffer: no per-byte Python ints, one tensor at the end.
+        data = [self.to_bytes(t)[:max_length] for t in texts]
+        first = 1 if bos else 0
+        sizes = np.fromiter((len(b) for b in data), dtype=np.int64, count=len(data)) + first + (1 if eos else 0)
+        sizes = np.maximum(sizes, 1)  # an empty text becomes a single SEP
+        ids = np.full((len(data), int(sizes.max()) if len(data) else 0), self.PAD, dtype=np.int64)
+        if bos:
+            ids[:, 0] = self.BOS
+        for row, b in enumerate(data):
+            n = len(b)
+            if n:
+                ids[row, first:first + n] = np.frombuffer(b, dtype=np.uint8)
+            if eos:
+                ids[row, first + n] = self.EOS
+            elif n + first == 0:
+                ids[row, 0] = self.SEP
+        return torch.from_numpy(ids), torch.from_numpy(sizes)
 
     def pack(self, texts: Sequence[str | bytes], **kw) -> PackedSequence:
         """The batch as a PackedSequence of ids (any order; ``unsorted_indices`` restore it)."""
