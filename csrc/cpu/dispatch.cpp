@@ -11,6 +11,7 @@
 #include "fastlstm/cpu_capability.h"
 #include "int8_lstm.h"
 #include "lstm_recurrence.h"
+#include "omp_team.h"
 #include "sparse_attention.h"
 #include "thread_pool.h"
 
@@ -124,6 +125,11 @@ const SimdVariant* simd_variant() {
   }
 }
 
+// Every parallel call below runs on torch's OpenMP team when torch is loaded
+// (team_tasks, omp_team.h): in training the kernels alternate with torch's
+// GEMMs, and our own pool's threads would share the 2 cores with libgomp's
+// still-spinning ones (S1 training: 16 vs 21 ms in an in-process A/B).
+//
 // Parallel plan: tasks are (direction, contiguous batch-row chunk). Both
 // directions run at once; the batch is split further while threads remain,
 // keeping >= kMinRows rows per chunk so the micro-kernel reuses each weight
@@ -213,7 +219,7 @@ void run_team(const LstmRecurrenceFwdParams<float>& p, const SimdVariant* v, con
   TeamJob job{&p, v, packed, per_dir, base, per, act.data(), sync.get()};
   // Members never wait for one that has not started (a lone member does all
   // the work), so plain tasks suffice, inline ones included.
-  parallel_tasks(members, static_cast<int>(members), run_team_member, &job);
+  team_tasks(members, static_cast<int>(members), run_team_member, &job);
 }
 
 template <bool Fwd, class Params>
@@ -239,7 +245,7 @@ void run_simd(const Params& p, const SimdVariant* v) {
   float* base = scratch.data();
   base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
   Job<Params> job{&p, v, packed, plan, base, per_task};
-  parallel_tasks(plan.tasks(), threads, run_task<Params, Fwd>, &job);
+  team_tasks(plan.tasks(), threads, run_task<Params, Fwd>, &job);
 }
 
 }  // namespace
@@ -299,11 +305,11 @@ void lstm_input_projection(const LstmInputProjParams& p) {
   if (!by_units && p.input * 4 * v->width <= 6144) {
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, p.rows / 32));
     ProjJob job{&p, v, chunks, false, true};
-    return parallel_tasks(chunks, threads, run_proj_task, &job);
+    return team_tasks(chunks, threads, run_proj_task, &job);
   }
   const int64_t chunks = std::max<int64_t>(1, std::min(per_dir, by_units ? Hb : p.rows / 32));
   ProjJob job{&p, v, chunks, by_units, false};
-  parallel_tasks(p.directions * chunks, threads, run_proj_task, &job);
+  team_tasks(p.directions * chunks, threads, run_proj_task, &job);
 }
 
 void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width,

@@ -106,6 +106,8 @@ def _prime_packed(w: Tensor, sources: list[Tensor], D: int, H: int, P: int, forw
         return
     with _PACK_LOCK:
         hit = _PACK_CACHE.get(src_key)
+        if hit is not None:
+            _PACK_CACHE.move_to_end(src_key)
     if hit is None:
         packed = _packed(w.detach(), D, H, P, forward_only)
         if packed is not None:
@@ -321,6 +323,34 @@ def _previous_hidden(y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.stack([fwd, rev], dim=2)
 
 
+def _dw_hh(dgates: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tensor:
+    """sum over steps of dgates_t^T · h_prev_t per direction: (D, 4H, H)."""
+    T, B, D, G = dgates.shape
+    # (Traced graphs take the general form: the strided views below would
+    # specialise on T.)
+    if not _plain_eager(dgates) or lengths is not None or T < 2:
+        hprev = _previous_hidden(y, h0, lengths)
+        return torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B),
+                         hprev.permute(2, 0, 1, 3).reshape(D, T * B, y.shape[-1]))
+    # Full-length sequences: h_prev is y shifted by one step (h0 at the start),
+    # read in place through strided views instead of a stacked copy.
+    out = []
+    for d in range(D):
+        first, rest = (0, slice(1, None)) if d == 0 else (T - 1, slice(None, T - 1))
+        prev = slice(None, T - 1) if d == 0 else slice(1, None)
+        dg, hy = dgates[rest, :, d].reshape(-1, G), y[prev, :, d].reshape(-1, y.shape[-1])
+        out.append(torch.addmm(dgates[first, :, d].t() @ h0[d], dg.t(), hy))
+    return torch.stack(out)
+
+
+def _reverse_recurrence(dy, dhn, dcn, w_hh, w_hr, h0, c0, y, gates, cells, lengths):
+    """The fused reverse recurrence, with zeros for output gradients autograd left out."""
+    dy = torch.zeros_like(y) if dy is None else dy
+    dhn = torch.zeros_like(h0) if dhn is None else dhn
+    dcn = torch.zeros_like(c0) if dcn is None else dcn
+    return torch.ops.fastlstm.lstm_recurrence_backward(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths)
+
+
 def _setup_context(ctx, inputs, output):
     gx, w_hh, w_hr, h0, c0, lengths, save_for_backward = inputs
     y, _, _, gates, cells = output
@@ -335,17 +365,11 @@ def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
         raise RuntimeError(
             "fastlstm::lstm_recurrence was run with save_for_backward=False; cannot differentiate it"
         )
-    dy = torch.zeros_like(y) if dy is None else dy
-    dhn = torch.zeros_like(h0) if dhn is None else dhn
-    dcn = torch.zeros_like(c0) if dcn is None else dcn
-    dgates, dh0, dc0, dhproj = torch.ops.fastlstm.lstm_recurrence_backward(
-        dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths
-    )
+    dgates, dh0, dc0, dhproj = _reverse_recurrence(dy, dhn, dcn, w_hh, w_hr, h0, c0, y, gates, cells, lengths)
     # Weight gradients as large GEMMs over all steps.
     T, B, D, G = dgates.shape
     H = G // 4
-    hprev = _previous_hidden(y, h0, lengths)
-    dw_hh = torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B), hprev.permute(2, 0, 1, 3).reshape(D, T * B, w_hh.shape[-1]))
+    dw_hh = _dw_hh(dgates, y, h0, lengths)
     dw_hr = None
     if w_hr is not None:
         hpre = gates[..., 3 * H :] * torch.tanh(cells)
@@ -355,6 +379,110 @@ def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
 
 
 lstm_recurrence.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------
+# fastlstm::lstm_layer: one whole layer (projection + recurrence) for training
+# --------------------------------------------------------------------------
+#
+# Training through lstm_input_projection + lstm_recurrence puts a dozen small
+# autograd nodes per layer around the kernels (weight concatenation, bias sum,
+# the previous-hidden stack, views); at batch 1 their glue cost as much as
+# the kernels. This op takes the layer's parameters as nn.LSTM holds them and
+# does the whole backward in one node: the fused reverse recurrence, then
+# dx, dW_ih, the bias gradient and dW_hh as GEMMs over all steps.
+
+
+def _layer_parts(weights: list[Tensor], has_bias: bool):
+    """(w_ih (D*4H, I), fused bias or None, w_hh (D, 4H, H)) built from one layer's
+    per-direction parameters (no autograd). Built afresh each call, as training
+    changes the weights every step; only their packed form is cached, against
+    the parameters' versions."""
+    per_dir = 4 if has_bias else 2
+    with torch.no_grad():
+        built = _layer_weights(weights, 1, len(weights) // per_dir, per_dir, has_bias, 0, prime=True)
+    w_ih, bias, w_hh, _ = built[0]
+    return w_ih, bias, w_hh
+
+
+def _check_layer_args(x, weights, h0, c0, lengths, has_bias) -> int:
+    per_dir = 4 if has_bias else 2
+    if len(weights) not in (per_dir, 2 * per_dir):
+        raise ValueError(f"weights must hold {per_dir} tensors per direction (1 or 2 directions), got {len(weights)}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be (T, B, input_size), got shape {tuple(x.shape)}")
+    D = len(weights) // per_dir
+    G, I = weights[0].shape
+    H = G // 4
+    if I != x.shape[-1] or weights[1].shape != (G, H):
+        raise ValueError(f"w_ih must be (4*hidden, {x.shape[-1]}) and w_hh (4*hidden, hidden), got "
+                         f"{tuple(weights[0].shape)} and {tuple(weights[1].shape)}")
+    for name, t in (("h0", h0), ("c0", c0)):
+        if tuple(t.shape) != (D, x.shape[1], H):
+            raise ValueError(f"{name} must have shape {(D, x.shape[1], H)}, got {tuple(t.shape)}")
+    return D
+
+
+@torch.library.custom_op("fastlstm::lstm_layer", mutates_args=(), device_types="cpu")
+def lstm_layer(
+    x: Tensor, weights: list[Tensor], h0: Tensor, c0: Tensor, lengths: Tensor | None, has_bias: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One LSTM layer, one or both directions, without projection (proj_size = 0).
+
+    x: (T, B, I); weights: per direction ``w_ih, w_hh[, b_ih, b_hh]`` as in
+    nn.LSTM's ``_flat_weights``; h0, c0: (D, B, H); lengths: (B,) int64 or None.
+    Returns y (T, B, D, H), h_n, c_n (D, B, H) and the gate activations and
+    cell states backward reads (T, B, D, 4H), (T, B, D, H).
+    """
+    _check_layer_args(x, weights, h0, c0, lengths, has_bias)
+    w_ih, bias, w_hh = _layer_parts(weights, has_bias)
+    T, B, I = x.shape
+    D, G, H = w_hh.shape[0], w_hh.shape[1], w_hh.shape[2]
+    gx = _project(x.reshape(T * B, I), w_ih, bias, D, None).view(T, B, D, G)
+    return _recurrence_impl(gx, w_hh, None, h0, c0, lengths, True)
+
+
+@lstm_layer.register_fake
+def _(x, weights, h0, c0, lengths, has_bias):
+    D = _check_layer_args(x, weights, h0, c0, lengths, has_bias)
+    T, B, _ = x.shape
+    H = weights[1].shape[1]
+    return (x.new_empty(T, B, D, H), x.new_empty(D, B, H), x.new_empty(D, B, H),
+            x.new_empty(T, B, D, 4 * H), x.new_empty(T, B, D, H))
+
+
+def _layer_setup_context(ctx, inputs, output):
+    x, weights, h0, c0, lengths, has_bias = inputs
+    y, _, _, gates, cells = output
+    ctx.save_for_backward(x, h0, c0, lengths, y, gates, cells, *weights)
+    ctx.has_bias = has_bias
+    ctx.mark_non_differentiable(gates, cells)
+
+
+def _layer_backward(ctx, dy, dhn, dcn, _dgates, _dcells):
+    x, h0, c0, lengths, y, gates, cells, *weights = ctx.saved_tensors
+    w_ih, _, w_hh = _layer_parts(weights, ctx.has_bias)
+    dgates, dh0, dc0, _ = _reverse_recurrence(dy, dhn, dcn, w_hh, None, h0, c0, y, gates, cells, lengths)
+    T, B, D, G = dgates.shape
+    flat = dgates.view(T * B, D * G)
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx = (flat @ w_ih).view(x.shape) if need_x else None
+    dweights = None
+    if need_w:
+        dw_ih = flat.t() @ x.reshape(T * B, x.shape[-1])
+        dw_hh = _dw_hh(dgates, y, h0, lengths)
+        db = flat.sum(0) if ctx.has_bias else None
+        dweights = []
+        for d in range(D):
+            dweights += [dw_ih[d * G : (d + 1) * G], dw_hh[d]]
+            if ctx.has_bias:
+                # b_ih and b_hh get equal gradients, in separate tensors (a
+                # shared one would alias their .grad).
+                dweights += [db[d * G : (d + 1) * G], db[d * G : (d + 1) * G].clone()]
+    return dx, dweights, dh0, dc0, None, None
+
+
+lstm_layer.register_autograd(_layer_backward, setup_context=_layer_setup_context)
 
 
 # --------------------------------------------------------------------------
@@ -537,7 +665,11 @@ def lstm(
     layer_input = x
     h_n, c_n = [], []
     grads_to_weights = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
-    if grads_to_weights:
+    # Training on the CPU kernels: one fused op per layer (see lstm_layer).
+    whole_layers = backend == "cpu" and grads_to_weights and proj_size == 0 and record is None
+    if whole_layers:
+        layer_weights = None
+    elif grads_to_weights:
         layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=backend == "cpu")
     else:
         layer_weights = _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
@@ -545,23 +677,27 @@ def lstm(
     if direct:
         recurrence = _recurrence_impl
     for layer in range(num_layers):
-        w_ih, bias, w_hh, w_hr = layer_weights[layer]
-        flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
-        if direct:
-            ws = _workspace(T * B * D * 4 * H, x).view(T * B, D * 4 * H) if x.dtype == torch.float32 else None
-            gx = _project(flat_in, w_ih, bias, D, ws)
-        elif backend == "cpu":
-            gx = torch.ops.fastlstm.lstm_input_projection(flat_in, w_ih, bias, D)
-        elif bias is not None:
-            gx = torch.addmm(bias, flat_in, w_ih.t())
-        else:
-            gx = flat_in @ w_ih.t()
-        gx = gx.view(T, B, D, 4 * H)
         h0 = h0_all[layer * D : (layer + 1) * D]
         c0 = c0_all[layer * D : (layer + 1) * D]
-        y, hn, cn, gates, cells = recurrence(gx, w_hh, w_hr, h0, c0, lengths, save)
-        if record is not None:
-            record.append((layer, gates.detach(), cells.detach()))
+        if whole_layers:
+            own = weights[layer * D * per_dir : (layer + 1) * D * per_dir]
+            y, hn, cn, _, _ = torch.ops.fastlstm.lstm_layer(layer_input, own, h0, c0, lengths, has_bias)
+        else:
+            w_ih, bias, w_hh, w_hr = layer_weights[layer]
+            flat_in = layer_input.reshape(T * B, layer_input.shape[-1])
+            if direct:
+                ws = _workspace(T * B * D * 4 * H, x).view(T * B, D * 4 * H) if x.dtype == torch.float32 else None
+                gx = _project(flat_in, w_ih, bias, D, ws)
+            elif backend == "cpu":
+                gx = torch.ops.fastlstm.lstm_input_projection(flat_in, w_ih, bias, D)
+            elif bias is not None:
+                gx = torch.addmm(bias, flat_in, w_ih.t())
+            else:
+                gx = flat_in @ w_ih.t()
+            gx = gx.view(T, B, D, 4 * H)
+            y, hn, cn, gates, cells = recurrence(gx, w_hh, w_hr, h0, c0, lengths, save)
+            if record is not None:
+                record.append((layer, gates.detach(), cells.detach()))
         h_n.append(hn)
         c_n.append(cn)
         layer_input = y.reshape(T, B, D * P)

@@ -359,3 +359,85 @@ def test_lstm_inference_and_training_paths_agree():
         fast = module(x)[0]
     slow = module(x.requires_grad_(True))[0]
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=0)
+
+
+# fastlstm::lstm_layer: the whole-layer training op.
+# (T, B, D, I, H, lengths, bias)
+LAYER_CASES = {
+    "uni": (7, 3, 1, 4, 5, None, True),
+    "bi": (6, 2, 2, 3, 4, None, True),
+    "bi-nobias": (5, 3, 2, 4, 3, None, False),
+    "T1-bi": (1, 2, 2, 3, 3, None, True),
+    "lengths-bi": (6, 4, 2, 3, 4, [6, 1, 4, 2], True),
+}
+
+
+def _layer_inputs(T, B, D, I, H, lengths, bias, dtype=torch.float64):
+    def r(*shape):
+        return (torch.randn(*shape, dtype=dtype) * 0.5).requires_grad_(True)
+
+    weights = []
+    for _ in range(D):
+        weights += [r(4 * H, I), r(4 * H, H)] + ([r(4 * H), r(4 * H)] if bias else [])
+    lengths = torch.tensor(lengths, dtype=torch.int64) if lengths is not None else None
+    return r(T, B, I), weights, r(D, B, H), r(D, B, H), lengths, bias
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", LAYER_CASES.values(), ids=LAYER_CASES.keys())
+def test_layer_op_matches_reference_outputs_and_every_gradient(case, dtype):
+    x, weights, h0, c0, lengths, bias = _layer_inputs(*case, dtype=torch.float64)
+    D = h0.shape[0]
+    fused_in = [t.detach().to(dtype).requires_grad_(True) for t in [x, *weights, h0, c0]]
+    fx, *fw, fh0, fc0 = fused_in
+    y, hn, cn, _, _ = torch.ops.fastlstm.lstm_layer(fx, fw, fh0, fc0, lengths, bias)
+    ref = reference.lstm(x, (h0, c0), weights, num_layers=1, bidirectional=D == 2, has_bias=bias,
+                         lengths=lengths)
+    got = (y.reshape(y.shape[0], y.shape[1], -1), hn, cn)
+    for a, b in zip(got, ref):
+        assert_parity(a, b)
+    g_got = torch.autograd.grad(_loss(got), fused_in)
+    g_ref = torch.autograd.grad(_loss(ref), [x, *weights, h0, c0])
+    for a, b in zip(g_got, g_ref):
+        assert_parity(a, b)
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", ["bi", "lengths-bi"])
+def test_layer_op_gradcheck_and_opcheck(case):
+    args = _layer_inputs(*LAYER_CASES[case])
+    x, weights, h0, c0, lengths, bias = args
+
+    def f(x, h0, c0, *weights):
+        return torch.ops.fastlstm.lstm_layer(x, list(weights), h0, c0, lengths, bias)[:3]
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *weights))
+    torch.library.opcheck(torch.ops.fastlstm.lstm_layer.default, args)
+
+
+@needs_cpu
+def test_layer_op_bias_gradients_do_not_alias():
+    """b_ih and b_hh receive equal gradients in separate tensors, so a later
+    in-place accumulation into one .grad cannot change the other."""
+    module = fastlstm.LSTM(3, 4, backend="cpu")
+    module(torch.randn(5, 2, 3))[0].sum().backward()
+    assert torch.equal(module.bias_ih_l0.grad, module.bias_hh_l0.grad)
+    assert module.bias_ih_l0.grad.data_ptr() != module.bias_hh_l0.grad.data_ptr()
+
+
+@needs_cpu
+def test_layer_op_weight_gradient_views_match_general_form():
+    """dW_hh read through strided views of y (full-length sequences) equals the
+    general form built from the stacked previous hidden states."""
+    import importlib
+
+    ops_lstm = importlib.import_module("fastlstm.ops.lstm")
+    T, B, D, H = 6, 3, 2, 5
+    dgates = torch.randn(T, B, D, 4 * H, dtype=torch.float64)
+    y = torch.randn(T, B, D, H, dtype=torch.float64)
+    h0 = torch.randn(D, B, H, dtype=torch.float64)
+    fast = ops_lstm._dw_hh(dgates, y, h0, None)
+    full = torch.full((B,), T, dtype=torch.int64)
+    general = ops_lstm._dw_hh(dgates, y, h0, full)
+    torch.testing.assert_close(fast, general)

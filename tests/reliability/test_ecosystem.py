@@ -69,7 +69,7 @@ def test_torch_export_dynamic_seq_len():
     T = torch.export.Dim("T", min=2, max=1024)
     ep = torch.export.export(model, (torch.randn(2, 6, 4),), dynamic_shapes={"x": {1: T}})
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert any("fastlstm.lstm_recurrence" in t for t in targets), targets
+    assert any(t.startswith("fastlstm.lstm_") for t in targets), targets
     for steps in (2, 6, 13):
         x = torch.randn(2, steps, 4)
         for a, e in zip(ep.module()(x), model(x)):
