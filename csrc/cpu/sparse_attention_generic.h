@@ -388,6 +388,24 @@ void transpose_chunk(const T* x, const AttentionChunk& ch, int64_t D, T* xt) {
   }
 }
 
+// Row r's normalised weights of keys i - left .. i + right into band row r
+// (a bounded window without global tokens: the block's keys are one segment).
+template <typename T>
+void write_band(const Block& blk, const AttentionPattern& pat, const T* s, int64_t lds, T* band) {
+  const int64_t span = pat.left + pat.right + 1;
+  for (int r = 0; r < blk.rows; ++r) {
+    T* wr = band + r * span;
+    for (int64_t c = 0; c < span; ++c) wr[c] = 0;
+    if (blk.nseg == 0) continue;
+    const Segment& seg = blk.seg[0];
+    const int64_t first = blk.i0 + r - pat.left;  // key of column 0
+    const int64_t c0 = seg.c0 > first ? seg.c0 - first : 0;
+    const int64_t c1 = seg.c1 - first < span ? seg.c1 - first : span;
+    const T* sr = s + r * lds + seg.off;  // score column of key seg.c0
+    for (int64_t c = c0; c < c1; ++c) wr[c] = sr[first + c - seg.c0];
+  }
+}
+
 template <typename T>
 void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t bh, const AttentionChunk& ch,
                                   T* scratch) {
@@ -423,6 +441,7 @@ void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t 
       for (int64_t c = 0; c < blk.width; ++c) sr[c] *= inv;
       lse[i0 + r] = m + std::log(l);
     }
+    if (p.band) write_band(blk, p.pattern, s, lds, p.band + (bh * Tq + i0) * (p.pattern.left + p.pattern.right + 1));
     tile_combine(blk, s, lds, v, Dv, T(1), out + i0 * Dv);
   }
 }

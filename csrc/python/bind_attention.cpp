@@ -52,6 +52,17 @@ SparseAttentionFwdParams<T> fwd_params(const Buf& q, const Buf& k, const Buf& v,
   return p;
 }
 
+// The optional banded weights output of the CPU forward.
+template <typename T>
+void set_band(SparseAttentionFwdParams<T>& p, const Buf& band, const char* fn) {
+  if (band.first == 0) return;
+  const std::string f(fn);
+  if (p.pattern.left < 0 || p.pattern.right < 0 || p.pattern.global_tokens != 0)
+    throw py::value_error(f + ": band needs a bounded window (left, right >= 0) and no global tokens");
+  const int64_t span = p.pattern.left + p.pattern.right + 1;
+  p.band = checked_ptr<T>(band, checked_mul({p.batch, p.heads, p.q_len, span}, fn, "band"), true, fn, "band");
+}
+
 template <typename T>
 SparseAttentionBwdParams<T> bwd_params(const Buf& q, const Buf& k, const Buf& v, const Buf& out, const Buf& lse,
                                        const Buf& dout, const Buf& key_padding, const Buf& dq, const Buf& dk,
@@ -88,25 +99,28 @@ void bind_attention(py::module_& m) {
       "sparse_attention_fwd",
       [](const std::string& dtype, Buf q, Buf k, Buf v, Buf key_padding, Buf out, Buf lse, int64_t B, int64_t H,
          int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, int64_t left, int64_t right, int64_t global_tokens,
-         double scale, int num_threads) {
+         double scale, int num_threads, Buf band) {
         const char* fn = "sparse_attention_fwd";
         const AttnDims d{B, H, Tq, Tk, D, Dv, left, right, global_tokens};
         if (attn_is_float64(dtype, fn)) {
           auto p = fwd_params<double>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn);
+          set_band(p, band, fn);
           py::gil_scoped_release release;
           cpu::sparse_attention_fwd<double>(p);
         } else {
           auto p = fwd_params<float>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn);
+          set_band(p, band, fn);
           py::gil_scoped_release release;
           cpu::sparse_attention_fwd<float>(p);
         }
       },
       "Sparse (window + global) attention forward on CPU. Buffers are (address, numel) pairs; "
-      "see csrc/include/fastlstm/attention_params.h for layouts. left/right < 0 = unbounded.",
+      "see csrc/include/fastlstm/attention_params.h for layouts. left/right < 0 = unbounded. "
+      "band (optional): the banded softmax weights of each query's window.",
       py::arg("dtype"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_padding"), py::arg("out"),
       py::arg("lse"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("k_len"), py::arg("head_dim"),
       py::arg("v_dim"), py::arg("left"), py::arg("right"), py::arg("global_tokens"), py::arg("scale"),
-      py::arg("num_threads") = 1);
+      py::arg("num_threads") = 1, py::arg("band") = Buf{0, 0});
   m.def(
       "sparse_attention_bwd",
       [](const std::string& dtype, Buf q, Buf k, Buf v, Buf out, Buf lse, Buf dout, Buf key_padding, Buf dq, Buf dk,

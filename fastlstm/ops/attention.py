@@ -82,6 +82,38 @@ def _(q, k, v, left, right, global_tokens, scale, key_padding_mask):
     return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq)
 
 
+@torch.library.custom_op("fastlstm::sparse_attention_banded", mutates_args=(), device_types="cpu")
+def sparse_attention_banded(
+    q: Tensor, k: Tensor, v: Tensor, left: int, right: int, scale: float, key_padding_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Inference form of the sliding-window op (CPU, no autograd): output
+    (B, H, Tq, Dv) and the softmax weights of each query's window (B, H, Tq,
+    left + right + 1), column c = key i - left + c (0 outside the keys or on padding).
+
+    >>> out, band = torch.ops.fastlstm.sparse_attention_banded(q, k, v, 64, 64, 0.125, None)
+    """
+    if left < 0 or right < 0:
+        raise ValueError(f"sparse_attention_banded: the window must be bounded, got ({left}, {right})")
+    _check_inputs(q, k, v, 0, key_padding_mask)
+    B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    pad = _padding_buf(key_padding_mask)
+    out = empty(B, H, Tq, Dv, like=q)
+    lse = torch.empty(B, H, Tq, dtype=q.dtype)
+    band = empty(B, H, Tq, left + right + 1, like=q)
+    buf = _ext.buf
+    _ext._C.sparse_attention_fwd(_dtype_name(q), buf(q), buf(k), buf(v), buf(pad), buf(out), buf(lse),
+                                 B, H, Tq, Tk, D, Dv, left, right, 0, scale, torch.get_num_threads(), band=buf(band))
+    return out, band
+
+
+@sparse_attention_banded.register_fake
+def _(q, k, v, left, right, scale, key_padding_mask):
+    _check_inputs(q, k, v, 0, key_padding_mask)
+    B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq, left + right + 1)
+
+
 @torch.library.custom_op("fastlstm::sparse_attention_backward", mutates_args=(), device_types=("cpu", "cuda"))
 def sparse_attention_backward_op(
     q: Tensor,

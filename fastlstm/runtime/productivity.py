@@ -82,7 +82,6 @@ class ProductivityHead:
         self.config, self.E, self.heads, self.window = dict(config), E, heads, window
         self.global_tokens = config["global_tokens"]
         self.need_weights = True
-        self._band_cache = None
         sizes = {"in_proj": (E, 3 * E), "out_proj": (E, E), "pattern": (E, config["output_dim"]),
                  "forecast": (E, config["forecast_dim"]), "anomaly": (E, 1)}
         self.linears = {}
@@ -119,46 +118,22 @@ class ProductivityHead:
         q, k = np.ascontiguousarray(qkv[0]), np.ascontiguousarray(qkv[1])
         left, right = self.window if self.window is not None else (-1, -1)  # < 0: unbounded
         banded = self.need_weights and self.window is not None and not self.global_tokens
-        if banded:
-            # Values get a one-hot tail: slot j mod span for key j. A query's window holds span
-            # consecutive keys, so its output tail is exactly its softmax weights (the kernel's
-            # own), at slots that a fixed per-row rotation maps back to band columns.
-            template, unroll = self._band_tables(T)
-            v = np.empty((H, T, d + template.shape[1]), np.float32)
-            v[:, :, d:] = template
-            v[:, :, :d] = qkv[2]
-        else:
-            v = np.ascontiguousarray(qkv[2])
+        v = np.ascontiguousarray(qkv[2])
         del qkv  # peak memory matters on desktops: keep only the per-head copies
-        Dv = v.shape[2]
-        out = np.empty((H, T, Dv), np.float32)
+        out = np.empty((H, T, d), np.float32)
         lse = np.empty((H, T), np.float32)
+        # A window's weights come straight from the kernel, banded (H, T, span).
+        band = np.empty((H, T, left + right + 1), np.float32) if banded else None
         scale = 1.0 / np.sqrt(d)
-        _C.sparse_attention_fwd("float32", buf(q), buf(k), buf(v), buf(None), buf(out), buf(lse), 1, H, T, T, d, Dv,
-                                left, right, self.global_tokens, scale, get_num_threads())
+        _C.sparse_attention_fwd("float32", buf(q), buf(k), buf(v), buf(None), buf(out), buf(lse), 1, H, T, T, d, d,
+                                left, right, self.global_tokens, scale, get_num_threads(), band=buf(band))
         del v
         weights = None
         if banded:
-            span = left + right + 1
-            weights = np.take_along_axis(out[:, :, d:d + span].mean(axis=0), unroll, axis=1)
+            weights = band.mean(axis=0)
         elif self.need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
             weights = self._dense_weights(q, k, lse, scale)
-        return out[:, :, :d], weights
-
-    def _band_tables(self, T: int):
-        """(one-hot value tail (T, slots), band column -> slot (T, span)) for length T, cached for the last T."""
-        cached = self._band_cache
-        if cached is not None and cached[0] == T:
-            return cached[1], cached[2]
-        left, right = self.window
-        span = left + right + 1
-        slots = -(-span // 16) * 16  # whole SIMD vectors of value columns run faster in the kernel
-        keys = np.arange(T)
-        template = np.zeros((T, slots), np.float32)
-        template[keys, keys % span] = 1.0
-        unroll = (keys[:, None] - left + np.arange(span)[None, :]) % span
-        self._band_cache = (T, template, unroll)
-        return template, unroll
+        return out, weights
 
     def _dense_weights(self, q: np.ndarray, k: np.ndarray, lse: np.ndarray, scale: float) -> np.ndarray:
         """(T, T) head-averaged weights, in blocks of queries against the keys the pattern allows."""

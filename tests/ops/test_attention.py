@@ -274,3 +274,41 @@ def test_op_checks_raw_arguments():
     out, lse = torch.ops.fastlstm.sparse_attention(q, q, q, 1, 1, 0, 1.0, None)
     with pytest.raises(ValueError, match="dout"):
         torch.ops.fastlstm.sparse_attention_backward(q, q, q, out, lse, out[..., :1], 1, 1, 0, 1.0, None)
+
+
+# fastlstm::sparse_attention_banded: output plus each query's window weights.
+BANDED_CASES = ["causal", "symmetric", "asymmetric", "window-wider-than-T", "zero-window", "T1", "chunked",
+                "many-slices"]
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", BANDED_CASES)
+def test_banded_weights_match_dense_reference(case, dtype):
+    q, k, v, window, _, kpm = _inputs(*CASES[case], dtype=dtype, requires_grad=False)
+    left, right = window
+    Tq, Tk = q.shape[2], k.shape[2]
+    out, band = torch.ops.fastlstm.sparse_attention_banded(q, k, v, left, right, q.shape[-1] ** -0.5, kpm)
+    allowed = reference.attention_mask(Tq, Tk, window, 0, kpm).expand(q.shape[0], q.shape[1], Tq, Tk)
+    scores = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    dense = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
+    keys = torch.arange(Tq).unsqueeze(1) - left + torch.arange(left + right + 1)  # (Tq, span)
+    inside = (keys >= 0) & (keys < Tk)
+    want = torch.gather(dense, 3, keys.clamp(0, Tk - 1).expand(*dense.shape[:2], -1, -1)) * inside
+    torch.testing.assert_close(band.double(), want, atol=1e-6 if dtype == torch.float32 else 1e-12, rtol=0)
+    ref_out, _ = reference.sparse_attention(q, k, v, window, 0, None, kpm)
+    assert_parity(out, ref_out.to(dtype))
+
+
+@needs_cpu
+def test_banded_opcheck_and_bad_window():
+    q, k, v, window, _, kpm = _inputs(*CASES["asymmetric"], requires_grad=False)
+    torch.library.opcheck(torch.ops.fastlstm.sparse_attention_banded.default, (q, k, v, *window, 0.3, kpm))
+    with pytest.raises(ValueError, match="bounded"):
+        torch.ops.fastlstm.sparse_attention_banded(q, k, v, -1, 2, 0.3, None)
+    out = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype)
+    with pytest.raises(ValueError, match="band"):  # the binding checks the band's size too
+        _ext._C.sparse_attention_fwd("float64", _ext.buf(q), _ext.buf(k), _ext.buf(v), _ext.buf(None),
+                                     _ext.buf(out), _ext.buf(torch.empty(q.shape[:3], dtype=q.dtype)),
+                                     *q.shape[:3], k.shape[2], q.shape[3], v.shape[3], 6, 1, 0, 0.3, 1,
+                                     band=_ext.buf(torch.empty(3, dtype=q.dtype)))

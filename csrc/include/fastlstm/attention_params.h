@@ -39,6 +39,11 @@ struct SparseAttentionFwdParams {
   // Outputs.
   T* out = nullptr;  // (B, H, Tq, Dv)
   T* lse = nullptr;  // (B, H, Tq) log-sum-exp of the scaled scores over allowed keys
+  // Optional (CPU only; null = not written): (B, H, Tq, left + right + 1) softmax
+  // weights of each query's window, column c = key i - left + c (0 where that
+  // key is outside [0, Tk), padding or disallowed). Needs a bounded window and
+  // no global tokens.
+  T* band = nullptr;
   AttentionPattern pattern;
   T scale = 1;
   int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, v_dim = 0;
