@@ -136,7 +136,8 @@ def _needs_grad(attn: nn.Module, x: Tensor) -> bool:
 def _windowed_self_attention(attn: nn.Module, x: Tensor, key_padding_mask: Tensor | None, need_weights: bool):
     """Inference fast path of windowed self-attention, batch-first x (B, T, E):
     one packed in-projection GEMM and one fused kernel call, which also yields
-    the head-averaged banded weights (B, T, left + right + 1) (see :func:`_band_tables`)."""
+    the head-averaged banded weights (B, T, left + right + 1) (written by the CPU
+    kernel; elsewhere through :func:`_band_tables`)."""
     B, T, E = x.shape
     H = attn.num_heads
     Dh = E // H
