@@ -78,6 +78,34 @@ void int8_lstm_fwd(const Int8LstmParams& p) {
   });
 }
 
+void int8_linear(const float* x, int64_t rows, int64_t K, const int8_t* w_packed, const int32_t* rowsum,
+                 const float* w_scale, const float* bias, int64_t N, float* out, int num_threads) {
+  const Int8Kernels& k = int8_kernels();
+  constexpr int64_t kChunk = 64;  // rows per task: int32 products of a chunk stay in L2
+  const int64_t chunks = (rows + kChunk - 1) / kChunk;
+  const int64_t scratch_bytes = kChunk * int8_round_up(K, 4) + 1;  // whole 32-row tiles (kernels read them)
+  const int threads = rows * N * K < (int64_t{1} << 20) ? 1 : std::max(1, num_threads);
+  team_for(chunks, threads, [&](int64_t c) {
+    thread_local std::vector<unsigned char> scratch;
+    thread_local std::vector<int32_t> acc;
+    thread_local std::vector<float> xs;
+    if (static_cast<int64_t>(scratch.size()) < scratch_bytes) scratch.resize(static_cast<size_t>(scratch_bytes));
+    if (static_cast<int64_t>(acc.size()) < kChunk * N) acc.resize(static_cast<size_t>(kChunk * N));
+    if (static_cast<int64_t>(xs.size()) < kChunk) xs.resize(kChunk);
+    const int64_t r0 = c * kChunk, n = std::min(kChunk, rows - r0);
+    k.matmul_s32(x + r0 * K, n, K, w_packed, rowsum, N, k.qmax, acc.data(), xs.data(), scratch.data());
+    for (int64_t r = 0; r < n; ++r) {
+      const int32_t* a = acc.data() + r * N;
+      float* o = out + (r0 + r) * N;
+      const float s = xs[static_cast<size_t>(r)];
+      if (bias)
+        for (int64_t j = 0; j < N; ++j) o[j] = static_cast<float>(a[j]) * w_scale[j] * s + bias[j];
+      else
+        for (int64_t j = 0; j < N; ++j) o[j] = static_cast<float>(a[j]) * w_scale[j] * s;
+    }
+  });
+}
+
 void int8_pack_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* rowsum) {
   const int64_t Np = int8_round_up(n, 16), Kp = int8_round_up(k, 4);
   std::memset(packed, 0, static_cast<size_t>(Np * Kp));

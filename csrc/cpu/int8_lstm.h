@@ -75,6 +75,11 @@ bool int8_set_amx(bool enabled);
 
 // Whole layer: checks nothing (the binding did), splits work over threads.
 void int8_lstm_fwd(const Int8LstmParams& p);
+// out (rows, N) = dequant(quantise_rows(x (rows, K)) . packed(N, K)^T) (+ bias):
+// float(acc) * w_scale[n], times the row's activation scale, plus bias[n] (in
+// that order, as the int8 LSTM's input projection). Rows split over threads.
+void int8_linear(const float* x, int64_t rows, int64_t K, const int8_t* w_packed, const int32_t* rowsum,
+                 const float* w_scale, const float* bias, int64_t N, float* out, int num_threads);
 // Packs a row-major (N, K) int8 matrix (layout in int8_params.h) and writes its row sums.
 void int8_pack_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed, int32_t* rowsum);
 

@@ -241,7 +241,7 @@ int64_t i8_split_scratch_bytes(const Int8LstmParams& p, int64_t n) {
 // arithmetic per element as i8_worker: results are bitwise equal.
 template <class K>
 void i8_split_worker(const Int8LstmParams& p, const Int8Split& sp, unsigned char* scratch) {
-  const int64_t T = p.seq_len, B = p.batch, I = p.input, H = p.hidden, G = 4 * H;
+  const int64_t T = p.seq_len, B = p.batch, I = p.input, H = p.hidden;
   const int64_t u0 = sp.u0, n = sp.u1 - sp.u0, Gn = 4 * n;
   const int64_t Ip = int8_round_up(I, 4), Hp = int8_round_up(H, 4);
   const int64_t Tc = i8_chunk<K>(T, B, Gn);

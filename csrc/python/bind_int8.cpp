@@ -128,6 +128,27 @@ void bind_int8(py::module_& m) {
       "products with a packed (n, k) weight, acc (rows, n), and the row scales xs (rows).",
       py::arg("x"), py::arg("w_packed"), py::arg("rowsum"), py::arg("acc"), py::arg("xs"), py::arg("rows"),
       py::arg("k"), py::arg("n"), py::arg("qmax"));
+  m.def(
+      "int8_linear",
+      [](Buf x, Buf w_packed, Buf rowsum, Buf w_scale, Buf bias, Buf out, int64_t rows, int64_t k, int64_t n,
+         int num_threads) {
+        const char* fn = "int8_linear";
+        if (rows < 0 || n < 1) throw py::value_error(std::string(fn) + ": rows must be >= 0 and n >= 1");
+        check_inner(k, fn, "k");
+        const float* xp = checked_ptr<const float>(x, checked_mul({rows, k}, fn, "x"), true, fn, "x");
+        const int8_t* wp = checked_ptr<const int8_t>(w_packed, int8_packed_size(n, k), true, fn, "w_packed");
+        const int32_t* rp = checked_ptr<const int32_t>(rowsum, n, true, fn, "rowsum");
+        const float* sp = checked_ptr<const float>(w_scale, n, true, fn, "w_scale");
+        const float* bp = checked_ptr<const float>(bias, n, false, fn, "bias");
+        float* op = checked_ptr<float>(out, checked_mul({rows, n}, fn, "out"), true, fn, "out");
+        py::gil_scoped_release release;
+        cpu::int8_linear(xp, rows, k, wp, rp, sp, bp, n, op, num_threads);
+      },
+      "out (rows, n) = x (rows, k) times a packed per-row int8 (n, k) weight, activations quantised "
+      "per row (the active ISA's range), dequantised with w_scale (n) and the row scales, plus bias (n) "
+      "or null.",
+      py::arg("x"), py::arg("w_packed"), py::arg("rowsum"), py::arg("w_scale"), py::arg("bias"), py::arg("out"),
+      py::arg("rows"), py::arg("k"), py::arg("n"), py::arg("num_threads") = 1);
 }
 
 }  // namespace binding

@@ -7,8 +7,6 @@ the kernels; int32 accumulation; gates and cell state in fp32.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from fastlstm._ext import _C, buf
@@ -59,50 +57,17 @@ class PackedWeight:
         return self.packed.nbytes + self.rowsum.nbytes + self.scale.nbytes
 
 
-_POOL: list = []  # one small thread pool, made on first use (importing the runtime starts no threads)
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(threads: int):
-    with _POOL_LOCK:
-        if not _POOL or _POOL[0]._max_workers < threads:
-            from concurrent.futures import ThreadPoolExecutor
-
-            if _POOL:
-                _POOL.pop().shutdown(wait=False)
-            _POOL.append(ThreadPoolExecutor(threads, thread_name_prefix="fastlstm-int8"))
-        return _POOL[0]
-
-
 def int8_linear(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None, direction: int = 0,
                 threads: int = 1) -> np.ndarray:
-    """``x (R, K) float32 @ dequant(w[direction]).T (+ bias)`` with per-row int8 activations;
-    large ``R`` is split over ``threads`` (the kernel releases the GIL, so do numpy's ufuncs).
+    """``x (R, K) float32 @ dequant(w[direction]).T (+ bias)`` with per-row int8 activations,
+    in one kernel call (quantise, int32 products, dequantise), rows split over ``threads``.
 
     >>> y = int8_linear(np.ones((4, 8), np.float32), PackedWeight(*quantize_rows(np.ones((1, 3, 8)))), None)
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     R = x.shape[0]
     out = np.empty((R, w.rows), np.float32)
-    chunks = max(1, min(threads, R // 256))  # below a few hundred rows a thread hand-off costs more than it saves
-    bounds = [R * i // chunks for i in range(chunks + 1)]
-    jobs = [(bounds[i], bounds[i + 1]) for i in range(chunks)]
-    if chunks == 1:
-        _int8_rows(x, w, bias, direction, out, 0, R)
-    else:
-        list(_pool(chunks).map(lambda r: _int8_rows(x, w, bias, direction, out, *r), jobs))
+    b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    _C.int8_linear(buf(x), buf(w.packed[direction]), buf(w.rowsum[direction]), buf(w.scale[direction]), buf(b),
+                   buf(out), R, w.cols, w.rows, threads)
     return out
-
-
-def _int8_rows(x, w: PackedWeight, bias, direction: int, out: np.ndarray, r0: int, r1: int) -> None:
-    rows = r1 - r0
-    acc = np.empty((rows, w.rows), np.int32)
-    xs = np.empty(rows, np.float32)
-    _C.int8_matmul_s32(buf(x[r0:r1]), buf(w.packed[direction]), buf(w.rowsum[direction]), buf(acc), buf(xs),
-                       rows, w.cols, w.rows, _C.int8_kernel_info()[1])
-    # Dequantise in three passes (int32 -> float32 happens inside the first multiply).
-    o = out[r0:r1]
-    np.multiply(acc, w.scale[direction], out=o, dtype=np.float32, casting="unsafe")
-    o *= xs[:, None]
-    if bias is not None:
-        o += bias

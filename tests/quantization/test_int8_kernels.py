@@ -154,3 +154,31 @@ def test_pack_checks_sizes():
     with pytest.raises(ValueError, match="rowsum"):
         _C.int8_pack_weights(buf(w), buf(np.zeros(_C.int8_packed_size(5, 7), np.int8)),
                              buf(np.zeros(4, np.int32)), 5, 7)
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 3, 5), (70, 33, 40), (200, 128, 96), (129, 64, 17)], ids=lambda v: str(v))
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_int8_linear_matches_its_parts(rows, k, n, with_bias, threads):
+    """The fused linear (quantise, int32 products, dequantise, bias, rows over
+    threads) against the products of int8_matmul_s32 dequantised in numpy."""
+    rng = np.random.default_rng(rows + k + n)
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    scale = rng.uniform(0.001, 0.1, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    packed, rowsum = pack(w)
+    acc, xs = matmul_s32(x, packed, rowsum, n, _C.int8_kernel_info()[1])
+    want = acc.astype(np.float32) * scale * xs[:, None] + (0 if bias is None else bias)
+    out = np.full((rows, n), np.nan, np.float32)
+    _C.int8_linear(buf(x), buf(packed), buf(rowsum), buf(scale), buf(bias), buf(out), rows, k, n, threads)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_linear_checks_sizes():
+    packed, rowsum = pack(np.ones((4, 8), np.int8))
+    x, scale, out = np.ones((3, 8), np.float32), np.ones(4, np.float32), np.empty((3, 4), np.float32)
+    with pytest.raises(ValueError, match="out has"):
+        _C.int8_linear(buf(x), buf(packed), buf(rowsum), buf(scale), buf(None), buf(out[:2]), 3, 8, 4, 1)
+    with pytest.raises(ValueError, match="w_scale"):
+        _C.int8_linear(buf(x), buf(packed), buf(rowsum), buf(scale[:3]), buf(None), buf(out), 3, 8, 4, 1)
