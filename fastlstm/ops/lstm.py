@@ -357,6 +357,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cells)
     ctx.saved_gates = save_for_backward
     ctx.mark_non_differentiable(gates, cells)
+    # Unused outputs get None, not zeros: autograd would otherwise fill a
+    # gradient the size of gates and cells for every layer, every step.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
@@ -457,6 +460,9 @@ def _layer_setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, h0, c0, lengths, y, gates, cells, *weights)
     ctx.has_bias = has_bias
     ctx.mark_non_differentiable(gates, cells)
+    # Unused outputs get None, not zeros: autograd would otherwise fill a
+    # gradient the size of gates and cells for every layer, every step.
+    ctx.set_materialize_grads(False)
 
 
 def _layer_backward(ctx, dy, dhn, dcn, _dgates, _dcells):
