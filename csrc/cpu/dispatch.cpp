@@ -13,7 +13,6 @@
 #include "lstm_recurrence.h"
 #include "omp_team.h"
 #include "sparse_attention.h"
-#include "thread_pool.h"
 
 namespace fastlstm {
 

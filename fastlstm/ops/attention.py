@@ -57,7 +57,12 @@ def sparse_attention_op(
 
     >>> out, lse = torch.ops.fastlstm.sparse_attention(q, k, v, 64, 64, 0, 0.125, None)
     """
-    # The raw op checks too: the kernel sees only element counts, so a float64
+    return _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band=False)[:2]
+
+
+def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band: bool):
+    """Runs the forward kernel: (out, lse, band weights (B, H, Tq, left + right + 1) or None)."""
+    # The raw ops check too: the kernel sees only element counts, so a float64
     # k or a float mask with the right count would otherwise be misread.
     _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
@@ -65,14 +70,15 @@ def sparse_attention_op(
     pad = _padding_buf(key_padding_mask)
     out = empty(B, H, Tq, Dv, like=q)
     lse = empty(B, H, Tq, like=q)
+    weights = empty(B, H, Tq, left + right + 1, like=q) if band else None
     buf = _ext.buf
     args = (_dtype_name(q), buf(q), buf(k), buf(v), buf(pad), buf(out), buf(lse),
             B, H, Tq, Tk, D, Dv, left, right, global_tokens, scale)
     if q.device.type == "cuda":
         _ext._C.sparse_attention_fwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
     else:
-        _ext._C.sparse_attention_fwd(*args, torch.get_num_threads())
-    return out, lse
+        _ext._C.sparse_attention_fwd(*args, torch.get_num_threads(), band=buf(weights))
+    return out, lse, weights
 
 
 @sparse_attention_op.register_fake
@@ -94,16 +100,7 @@ def sparse_attention_banded(
     """
     if left < 0 or right < 0:
         raise ValueError(f"sparse_attention_banded: the window must be bounded, got ({left}, {right})")
-    _check_inputs(q, k, v, 0, key_padding_mask)
-    B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    pad = _padding_buf(key_padding_mask)
-    out = empty(B, H, Tq, Dv, like=q)
-    lse = torch.empty(B, H, Tq, dtype=q.dtype)
-    band = empty(B, H, Tq, left + right + 1, like=q)
-    buf = _ext.buf
-    _ext._C.sparse_attention_fwd(_dtype_name(q), buf(q), buf(k), buf(v), buf(pad), buf(out), buf(lse),
-                                 B, H, Tq, Tk, D, Dv, left, right, 0, scale, torch.get_num_threads(), band=buf(band))
+    out, _, band = _forward(q, k, v, left, right, 0, scale, key_padding_mask, band=True)
     return out, band
 
 
