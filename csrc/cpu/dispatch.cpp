@@ -311,6 +311,30 @@ void lstm_input_projection(const LstmInputProjParams& p) {
   team_tasks(p.directions * chunks, threads, run_proj_task, &job);
 }
 
+void lstm_stack_fwd(const LstmStackFwdParams& p) {
+  const int64_t T = p.seq_len, B = p.batch, D = p.directions, H = p.hidden;
+  const float* in = p.x;
+  for (int64_t l = 0; l < p.num_layers; ++l) {
+    const LstmStackLayer& layer = p.layers[l];
+    LstmInputProjParams proj;
+    proj.x = in, proj.w_packed = layer.w_ih_packed, proj.bias = layer.bias, proj.gx = p.gx;
+    proj.rows = T * B, proj.directions = D, proj.hidden = H, proj.input = layer.input;
+    proj.num_threads = p.num_threads;
+    lstm_input_projection(proj);
+    // The projection has read all of `in`, so a middle layer may write its
+    // output over its input (both in y_mid).
+    LstmRecurrenceFwdParams<float> rec;
+    rec.gx = p.gx, rec.w_hh = layer.w_hh, rec.w_hh_packed = layer.w_hh_packed;
+    rec.h0 = p.h0 + l * D * B * H, rec.c0 = p.c0 + l * D * B * H, rec.lengths = p.lengths;
+    rec.y = l + 1 == p.num_layers ? p.y : p.y_mid;
+    rec.hn = p.hn + l * D * B * H, rec.cn = p.cn + l * D * B * H;
+    rec.seq_len = T, rec.batch = B, rec.directions = D, rec.hidden = H, rec.proj = H;
+    rec.num_threads = p.num_threads;
+    lstm_recurrence_fwd<float>(rec);
+    in = rec.y;
+  }
+}
+
 void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, int64_t P, int width,
                        bool forward_only) {
   const int64_t W = width, G = 4 * H;

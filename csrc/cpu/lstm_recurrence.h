@@ -48,6 +48,9 @@ void lstm_pack_weights(const float* w_hh, float* packed, int64_t D, int64_t H, i
 // gx = w_ih · x + bias on the SIMD kernels and the thread pool (fp32, needs a
 // SIMD level: lstm_packed_vector_width(false) > 0).
 void lstm_input_projection(const LstmInputProjParams& p);
+// A whole inference stack (see LstmStackFwdParams; needs a SIMD level, as
+// lstm_input_projection).
+void lstm_stack_fwd(const LstmStackFwdParams& p);
 
 #define FASTLSTM_DECLARE_RECURRENCE_VARIANT(isa)                                     \
   void lstm_recurrence_fwd_##isa(const LstmRecurrenceFwdParams<float>& p, float* scratch);   \

@@ -2,7 +2,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <type_traits>
+#include <vector>
 
 #include "../cpu/lstm_recurrence.h"
 #include "checks.h"
@@ -117,9 +119,61 @@ bool is_float64(const std::string& dtype, const char* fn) {
   throw py::type_error(std::string(fn) + ": dtype must be 'float32' or 'float64', got '" + dtype + "'");
 }
 
+// One call for a whole fp32 inference stack: checks every layer's buffers,
+// then runs projection and recurrence per layer without the GIL.
+void stack_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, const std::vector<std::array<Buf, 4>>& layers,
+               const Buf& y, const Buf& hn, const Buf& cn, const Buf& gx, const Buf& y_mid, int64_t T, int64_t B,
+               int64_t I, int64_t D, int64_t H, int num_threads) {
+  const char* fn = "lstm_stack_fwd";
+  const Dims d{T, B, D, H, H};
+  check_dims(d, fn);
+  if (I < 1) throw py::value_error(std::string(fn) + ": input size must be >= 1");
+  if (layers.empty()) throw py::value_error(std::string(fn) + ": needs at least one layer");
+  if (cpu::lstm_packed_vector_width(false) == 0)
+    throw py::value_error(std::string(fn) + ": needs an AVX2 or AVX-512 CPU kernel");
+  const int64_t L = static_cast<int64_t>(layers.size()), G = checked_mul({4, H}, fn, "gates");
+  LstmStackFwdParams p;
+  p.x = checked_ptr<const float>(x, checked_mul({T, B, I}, fn, "x"), true, fn, "x");
+  p.h0 = checked_ptr<const float>(h0, checked_mul({L, D, B, H}, fn, "h0"), true, fn, "h0");
+  p.c0 = checked_ptr<const float>(c0, checked_mul({L, D, B, H}, fn, "c0"), true, fn, "c0");
+  p.lengths = checked_ptr<const int64_t>(lengths, B, false, fn, "lengths");
+  p.y = checked_ptr<float>(y, checked_mul({T, B, D, H}, fn, "y"), true, fn, "y");
+  p.hn = checked_ptr<float>(hn, checked_mul({L, D, B, H}, fn, "hn"), true, fn, "hn");
+  p.cn = checked_ptr<float>(cn, checked_mul({L, D, B, H}, fn, "cn"), true, fn, "cn");
+  p.gx = checked_ptr<float>(gx, checked_mul({T, B, D, G}, fn, "gx"), true, fn, "gx");
+  p.y_mid = checked_ptr<float>(y_mid, checked_mul({T, B, D, H}, fn, "y_mid"), L > 1, fn, "y_mid");
+  check_lengths(p.lengths, d, fn);
+  std::vector<LstmStackLayer> stack(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string name = "layer " + std::to_string(l) + " ";
+    const int64_t in = l == 0 ? I : D * H;
+    const auto& w = layers[static_cast<size_t>(l)];
+    LstmStackLayer& s = stack[static_cast<size_t>(l)];
+    s.input = in;
+    s.w_ih_packed = checked_ptr<const float>(w[0], cpu::lstm_packed_weights_size(false, D, H, in, true), true, fn,
+                                             (name + "w_ih_packed (packed for another CPU capability?)").c_str());
+    s.bias = checked_ptr<const float>(w[1], checked_mul({D, G}, fn, "bias"), false, fn, (name + "bias").c_str());
+    s.w_hh = checked_ptr<const float>(w[2], checked_mul({D, G, H}, fn, "w_hh"), true, fn, (name + "w_hh").c_str());
+    s.w_hh_packed = checked_ptr<const float>(w[3], cpu::lstm_packed_weights_size(false, D, H, H), true, fn,
+                                             (name + "w_hh_packed (packed for another CPU capability?)").c_str());
+  }
+  p.layers = stack.data(), p.num_layers = L;
+  p.seq_len = T, p.batch = B, p.directions = D, p.hidden = H;
+  p.num_threads = num_threads < 1 ? 1 : num_threads;
+  py::gil_scoped_release release;
+  cpu::lstm_stack_fwd(p);
+}
+
 }  // namespace
 
 void bind_lstm(py::module_& m) {
+  m.def("lstm_stack_fwd", &stack_fwd,
+        "fp32 inference through a stack of layers in one call (no projection, SIMD kernels): per layer "
+        "the input projection then the recurrence. layers: per layer (w_ih_packed, bias, w_hh, "
+        "w_hh_packed) buffers; gx: (T*B, D*4H) and y_mid: (T, B, D*H) workspaces.",
+        py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("layers"), py::arg("y"),
+        py::arg("hn"), py::arg("cn"), py::arg("gx"), py::arg("y_mid"), py::arg("seq_len"), py::arg("batch"),
+        py::arg("input"), py::arg("directions"), py::arg("hidden"), py::arg("num_threads") = 1);
   m.def(
       "lstm_recurrence_fwd",
       [](const std::string& dtype, Buf gx, Buf w_hh, Buf w_hr, Buf h0, Buf c0, Buf lengths, Buf y, Buf hn,

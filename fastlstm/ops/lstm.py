@@ -2,9 +2,11 @@
 fake kernels and autograd) and :func:`lstm`, the stacked/bidirectional LSTM
 built on it.
 
-Layouts are time-major. The input projection of every step is one GEMM done
-here by torch; the kernels do only the sequential part (see
-``csrc/include/fastlstm/lstm_params.h``).
+Layouts are time-major. The input projection of every step is one GEMM per
+layer (the SIMD projection kernel in fp32, else torch); the recurrence kernels
+do only the sequential part (see ``csrc/include/fastlstm/lstm_params.h``).
+Plain fp32 inference without projections runs the whole stack in one kernel
+call (``_C.lstm_stack_fwd``) with its packed weights cached per set of weights.
 """
 
 from __future__ import annotations
@@ -49,20 +51,36 @@ def _check_lengths(lengths: Tensor | None) -> Tensor | None:
     return lengths.contiguous()
 
 
+class _Lru:
+    """A small thread-safe least-recently-used map (the op layer's weight caches)."""
+
+    def __init__(self, size: int):
+        self._items: OrderedDict = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 # Packed recurrent weights for the SIMD kernels, cached against the weight
 # tensor's storage address, version counter, shape and the active CPU level.
 # An entry keeps its weight tensor alive, so no other tensor can take that
 # address while the entry exists; in-place updates bump the version.
-_PACK_CACHE: OrderedDict = OrderedDict()
-_PACK_CACHE_SIZE = 64
-_PACK_LOCK = threading.Lock()
-
-
-def _cache_put(key, value) -> None:
-    with _PACK_LOCK:
-        _PACK_CACHE[key] = value
-        while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
-            _PACK_CACHE.popitem(last=False)
+_PACK_CACHE = _Lru(64)
 
 
 def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Tensor | None:
@@ -76,18 +94,16 @@ def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Te
     except RuntimeError:  # inference tensors have no version counter: pack, don't cache
         key = None
     if key is not None:
-        with _PACK_LOCK:
-            hit = _PACK_CACHE.get(key)
-            if hit is not None:
-                _PACK_CACHE.move_to_end(key)
-                return hit[1]
+        hit = _PACK_CACHE.get(key)
+        if hit is not None:
+            return hit[1]
     n = _ext._C.lstm_packed_weights_size("float32", D, H, P, forward_only)
     if n == 0:
         return None
     packed = torch.empty(n, dtype=torch.float32)
     _ext._C.lstm_pack_weights("float32", _buf(w.contiguous()), _buf(packed), D, H, P, forward_only)
     if key is not None:
-        _cache_put(key, (w.detach(), packed))
+        _PACK_CACHE.put(key, (w.detach(), packed))
     return packed
 
 
@@ -104,16 +120,13 @@ def _prime_packed(w: Tensor, sources: list[Tensor], D: int, H: int, P: int, forw
         w_key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), src_key[1], forward_only)
     except RuntimeError:
         return
-    with _PACK_LOCK:
-        hit = _PACK_CACHE.get(src_key)
-        if hit is not None:
-            _PACK_CACHE.move_to_end(src_key)
+    hit = _PACK_CACHE.get(src_key)
     if hit is None:
         packed = _packed(w.detach(), D, H, P, forward_only)
         if packed is not None:
-            _cache_put(src_key, ([t.detach() for t in sources], packed))
+            _PACK_CACHE.put(src_key, ([t.detach() for t in sources], packed))
     else:
-        _cache_put(w_key, (w.detach(), hit[1]))
+        _PACK_CACHE.put(w_key, (w.detach(), hit[1]))
 
 
 def _input_projection_impl(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int) -> Tensor:
@@ -566,9 +579,7 @@ def _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=F
 # Concatenated weights and fused biases for inference, per set of weights
 # (storage address + version counter of every tensor). Entries keep their
 # weights alive so an address cannot be reused by another tensor meanwhile.
-_WEIGHT_CACHE: OrderedDict = OrderedDict()
-_WEIGHT_CACHE_SIZE = 16
-_WEIGHT_LOCK = threading.Lock()
+_WEIGHT_CACHE = _Lru(16)
 
 
 def _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
@@ -576,21 +587,66 @@ def _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size):
         key = (num_layers, D, has_bias, proj_size) + tuple((w.data_ptr(), w._version) for w in weights)
     except RuntimeError:  # inference tensors carry no version counter
         return _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
-    with _WEIGHT_LOCK:
-        hit = _WEIGHT_CACHE.get(key)
-        if hit is not None:
-            _WEIGHT_CACHE.move_to_end(key)
-            return hit[1]
+    hit = _WEIGHT_CACHE.get(key)
+    if hit is not None:
+        return hit[1]
     # Built outside inference mode so the results have version counters (the
     # packed-weight cache keys on them) and stay usable in any later mode.
     with torch.inference_mode(False), torch.no_grad():
         built = _layer_weights([w.detach() for w in weights], num_layers, D, per_dir, has_bias, proj_size)
         built = [tuple(None if t is None else t.contiguous() for t in layer) for layer in built]
-    with _WEIGHT_LOCK:
-        _WEIGHT_CACHE[key] = (list(weights), built)
-        while len(_WEIGHT_CACHE) > _WEIGHT_CACHE_SIZE:
-            _WEIGHT_CACHE.popitem(last=False)
+    _WEIGHT_CACHE.put(key, (list(weights), built))
     return built
+
+
+# lstm_stack_fwd's per-layer buffers for a set of weights, keyed like
+# _WEIGHT_CACHE plus the CPU level (the packed layouts depend on it). An entry
+# holds every tensor its addresses point into.
+_PLAN_CACHE = _Lru(16)
+
+
+def _stack_plan(weights, num_layers, D, per_dir, has_bias):
+    """Per layer (w_ih_packed, bias, w_hh, w_hh_packed) buffers for
+    ``_C.lstm_stack_fwd``, or None when the active kernel takes no packed weights."""
+    capability = _ext._C.cpu_capability()
+    try:
+        key = (capability, num_layers, D, has_bias) + tuple((w.data_ptr(), w._version) for w in weights)
+    except RuntimeError:  # inference tensors: build every call
+        key = None
+    hit = _PLAN_CACHE.get(key) if key is not None else None
+    if hit is not None:
+        return hit[1]
+    keep, plan = [], []
+    for w_ih, bias, w_hh, _ in _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, 0):
+        H = w_hh.shape[1] // 4
+        packed_ih = _packed(w_ih, D, H, w_ih.shape[1], True)
+        packed_hh = _packed(w_hh, D, H, H)
+        if packed_ih is None or packed_hh is None:
+            return None
+        keep += [w_ih, bias, w_hh, packed_ih, packed_hh]
+        plan.append((_buf(packed_ih), _buf(bias), _buf(w_hh), _buf(packed_hh)))
+    if key is not None:
+        _PLAN_CACHE.put(key, ((list(weights), keep), plan))
+    return plan
+
+
+def _stack_inference(x, h0_all, c0_all, lengths, plan, D, H):
+    """Inference through every layer in one kernel call (fp32, no projection)."""
+    T, B, I = x.shape
+    L = len(plan)
+    x = x.contiguous()
+    h0_all, c0_all = h0_all.contiguous(), c0_all.contiguous()
+    lengths = lengths.contiguous() if lengths is not None else None
+    y = empty(T, B, D * H, like=x)
+    hn = empty(L * D, B, H, like=x)
+    cn = empty(L * D, B, H, like=x)
+    n_gx = T * B * D * 4 * H
+    ws = _workspace(n_gx + (T * B * D * H if L > 1 else 0), x)
+    _ext._C.lstm_stack_fwd(
+        _buf(x), _buf(h0_all), _buf(c0_all), _buf(lengths), plan, _buf(y), _buf(hn), _buf(cn),
+        _buf(ws[:n_gx]), _buf(ws[n_gx:]) if L > 1 else (0, 0), T, B, I, D, H, torch.get_num_threads(),
+    )
+    return y, hn, cn
 
 
 def _check_lstm_args(x, hx, weights, n_weights: int, lengths) -> None:
@@ -668,6 +724,17 @@ def lstm(
         or h0_all.requires_grad
         or c0_all.requires_grad
     )
+    direct = backend == "cpu" and not save and _plain_eager(x)
+    if (
+        direct
+        and proj_size == 0
+        and x.dtype == h0_all.dtype == c0_all.dtype == torch.float32
+        and not (training and dropout > 0 and num_layers > 1)
+        and T * B > 0
+    ):
+        plan = _stack_plan(weights, num_layers, D, per_dir, has_bias)
+        if plan is not None:
+            return _stack_inference(x, h0_all, c0_all, lengths, plan, D, H)
     layer_input = x
     h_n, c_n = [], []
     grads_to_weights = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
@@ -679,7 +746,6 @@ def lstm(
         layer_weights = _layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size, prime=backend == "cpu")
     else:
         layer_weights = _cached_layer_weights(weights, num_layers, D, per_dir, has_bias, proj_size)
-    direct = backend == "cpu" and not save and _plain_eager(x)
     if direct:
         recurrence = _recurrence_impl
     for layer in range(num_layers):

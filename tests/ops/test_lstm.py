@@ -441,3 +441,108 @@ def test_layer_op_weight_gradient_views_match_general_form():
     full = torch.full((B,), T, dtype=torch.int64)
     general = ops_lstm._dw_hh(dgates, y, h0, full)
     torch.testing.assert_close(fast, general)
+
+
+# _C.lstm_stack_fwd: fp32 inference through every layer in one call.
+# (T, B, I, H, layers, bidirectional, bias, lengths, hx)
+STACK_CASES = {
+    "uni-1": (7, 3, 5, 16, 1, False, True, None, False),
+    "bi-2": (9, 2, 6, 12, 2, True, True, None, True),
+    "uni-3-nobias": (5, 4, 3, 20, 3, False, False, None, True),
+    "bi-lengths": (8, 5, 4, 37, 2, True, True, [8, 1, 5, 0, 8], True),
+    # large enough that the unit-split team and the batch plan use both threads
+    "team": (40, 2, 8, 64, 2, False, True, [40, 9], False),
+    "batch": (12, 24, 8, 48, 2, True, True, None, False),
+}
+
+
+def _stack_inputs(T, B, I, H, layers, bi, bias, lengths, hx):
+    module = fastlstm.LSTM(I, H, num_layers=layers, bidirectional=bi, bias=bias, backend="cpu").eval()
+    x = torch.randn(T, B, I)
+    n = layers * (2 if bi else 1)
+    state = (torch.randn(n, B, H) * 0.5, torch.randn(n, B, H) * 0.5) if hx else None
+    lengths = torch.tensor(lengths, dtype=torch.int64) if lengths is not None else None
+    kwargs = dict(num_layers=layers, bidirectional=bi, has_bias=bias, lengths=lengths)
+    return module, x, state, kwargs
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", STACK_CASES.values(), ids=STACK_CASES.keys())
+def test_stack_inference_matches_per_layer_path_bitwise_and_reference(case, monkeypatch):
+    """The one-call stack runs the same kernels as the per-layer path: same bits;
+    and parity with the float64 reference."""
+    import importlib
+
+    ops = importlib.import_module("fastlstm.ops.lstm")
+    torch.manual_seed(11)
+    module, x, state, kwargs = _stack_inputs(*case)
+    weights = list(module._flat_weights)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            assert ops._stack_plan(weights, kwargs["num_layers"], 2 if kwargs["bidirectional"] else 1,
+                                   4 if kwargs["has_bias"] else 2, kwargs["has_bias"]) is not None
+            stack = fastlstm.ops.lstm(x, state, weights, backend="cpu", **kwargs)
+            monkeypatch.setattr(ops, "_stack_plan", lambda *a: None)
+            per_layer = fastlstm.ops.lstm(x, state, weights, backend="cpu", **kwargs)
+    finally:
+        torch.set_num_threads(before)
+    ref = reference.lstm(x.double(), None if state is None else tuple(s.double() for s in state),
+                         [w.double() for w in weights], **kwargs)
+    for name, a, b, r in zip(["out", "h_n", "c_n"], stack, per_layer, ref):
+        assert torch.equal(a, b), f"{name}: stack and per-layer paths differ"
+        assert_parity(a, r.float())
+
+
+@needs_cpu
+def test_stack_inference_used_by_the_module_and_follows_weight_updates():
+    import importlib
+
+    ops = importlib.import_module("fastlstm.ops.lstm")
+    torch.manual_seed(4)
+    module = fastlstm.LSTM(5, 8, num_layers=2, backend="cpu").eval()
+    x = torch.randn(6, 2, 5)
+    with torch.no_grad():
+        first = module(x)[0]
+        n = len(ops._PLAN_CACHE)
+        module.weight_hh_l1.mul_(0.5)  # in place: the version counter moves, the plan must too
+        second = module(x)[0]
+    assert len(ops._PLAN_CACHE) == n + 1
+    ref = reference.lstm(x, None, list(module._flat_weights), num_layers=2)[0]
+    assert not torch.equal(first, second)
+    assert_parity(second, ref)
+
+
+@needs_cpu
+def test_stack_buffers_checked_by_binding():
+    if _ext._C.lstm_packed_weights_size("float32", 1, 8, 8) == 0:
+        pytest.skip("the active kernel reads w_hh directly (scalar level)")
+    import importlib
+
+    ops = importlib.import_module("fastlstm.ops.lstm")
+    T, B, I, H = 3, 2, 4, 8
+    module = fastlstm.LSTM(I, H, num_layers=2).eval()
+    plan = ops._stack_plan(list(module._flat_weights), 2, 1, 4, True)
+    x, state = torch.randn(T, B, I), torch.zeros(2, B, H)
+    y, hn, cn = torch.empty(T, B, H), torch.empty(2, B, H), torch.empty(2, B, H)
+    gx, mid = torch.empty(T * B * 4 * H), torch.empty(T * B * H)
+    b = _ext.buf
+
+    def call(x=x, plan=plan, y=y, gx=gx, mid=mid, lengths=None, I=I):
+        _ext._C.lstm_stack_fwd(b(x), b(state), b(state), b(lengths) if lengths is not None else (0, 0), plan,
+                               b(y), b(hn), b(cn), b(gx), b(mid) if mid is not None else (0, 0), T, B, I, 1, H, 2)
+
+    call()
+    with pytest.raises(ValueError, match="x has"):
+        call(x=torch.randn(T, B, I + 1))
+    with pytest.raises(ValueError, match="layer 1 w_ih_packed"):
+        call(plan=[plan[0], plan[0]])  # layer 1's input is H wide, not I
+    with pytest.raises(ValueError, match="y_mid"):
+        call(mid=None)
+    with pytest.raises(ValueError, match="gx has"):
+        call(gx=torch.empty(T * B * 4 * H - 1))
+    with pytest.raises(ValueError, match="lengths"):
+        call(lengths=torch.tensor([T + 1, 1]))
+    with pytest.raises(ValueError, match="at least one layer"):
+        call(plan=[])

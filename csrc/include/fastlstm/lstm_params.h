@@ -70,4 +70,33 @@ struct LstmInputProjParams {
   int num_threads = 1;
 };
 
+// One layer of an inference stack (LstmStackFwdParams): fp32 weights of both
+// directions in the SIMD kernels' packed layouts.
+struct LstmStackLayer {
+  const float* w_ih_packed = nullptr;  // w_ih (D, 4H, input) packed with forward_only (P := input)
+  const float* bias = nullptr;         // (D, 4H) b_ih + b_hh, or null
+  const float* w_hh = nullptr;         // (D, 4H, H)
+  const float* w_hh_packed = nullptr;  // w_hh packed (lstm_pack_weights)
+  int64_t input = 0;                   // this layer's input size (I, then D * H)
+};
+
+// Inference through a whole stack in one call (fp32, SIMD kernels, no
+// projection): per layer the input projection then the recurrence, layer
+// l + 1 reading layer l's output. Saves the per-layer trips through Python.
+struct LstmStackFwdParams {
+  const float* x = nullptr;          // (T, B, I)
+  const float* h0 = nullptr;         // (L * D, B, H)
+  const float* c0 = nullptr;         // (L * D, B, H)
+  const int64_t* lengths = nullptr;  // (B) or null
+  const LstmStackLayer* layers = nullptr;
+  int64_t num_layers = 0;
+  float* y = nullptr;      // (T, B, D * H) the last layer's output
+  float* hn = nullptr;     // (L * D, B, H)
+  float* cn = nullptr;     // (L * D, B, H)
+  float* gx = nullptr;     // (T * B, D * 4H) workspace: one layer's input gates
+  float* y_mid = nullptr;  // (T, B, D * H) workspace for the layers below the last (null when L == 1)
+  int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0;
+  int num_threads = 1;
+};
+
 }  // namespace fastlstm
