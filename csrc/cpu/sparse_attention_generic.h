@@ -151,8 +151,11 @@ void tile_scores(const Block& blk, const AttentionChunk& ch, const T* x, int64_t
   }
 }
 
+// out row r (row stride ldo) = alpha * sum over the block's keys c of p[r][c] * y[c]
+// (y rows of Dy elements, row stride ldy).
 template <typename T>
-void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, T alpha, T* out) {
+void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t Dy, int64_t ldy, T alpha, T* out,
+                  int64_t ldo) {
   typedef typename Lanes<T>::type V;
   int64_t d0 = 0;
   // Two vectors of the output row at once: 2 * kRows accumulator chains.
@@ -162,8 +165,8 @@ void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t
       const Segment& seg = blk.seg[g];
       for (int64_t c = seg.c0; c < seg.c1; ++c) {
         V yv, yv2;
-        std::memcpy(&yv, y + c * Dy + d0, sizeof(yv));
-        std::memcpy(&yv2, y + c * Dy + d0 + kCols, sizeof(yv2));
+        std::memcpy(&yv, y + c * ldy + d0, sizeof(yv));
+        std::memcpy(&yv2, y + c * ldy + d0 + kCols, sizeof(yv2));
         const int64_t col = seg.off + (c - seg.c0);
         for (int r = 0; r < kRows; ++r) {
           const T pr = p[r * lds + col];
@@ -174,8 +177,8 @@ void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t
     }
     for (int r = 0; r < blk.rows; ++r) {
       const V o = acc[r] * alpha, o2 = acc2[r] * alpha;
-      std::memcpy(out + r * Dy + d0, &o, sizeof(V));
-      std::memcpy(out + r * Dy + d0 + kCols, &o2, sizeof(V));
+      std::memcpy(out + r * ldo + d0, &o, sizeof(V));
+      std::memcpy(out + r * ldo + d0 + kCols, &o2, sizeof(V));
     }
   }
   for (; d0 + kCols <= Dy; d0 += kCols) {
@@ -184,14 +187,14 @@ void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t
       const Segment& seg = blk.seg[g];
       for (int64_t c = seg.c0; c < seg.c1; ++c) {
         V yv;
-        std::memcpy(&yv, y + c * Dy + d0, sizeof(yv));
+        std::memcpy(&yv, y + c * ldy + d0, sizeof(yv));
         const int64_t col = seg.off + (c - seg.c0);
         for (int r = 0; r < kRows; ++r) acc[r] += p[r * lds + col] * yv;
       }
     }
     for (int r = 0; r < blk.rows; ++r) {
       const V o = acc[r] * alpha;
-      std::memcpy(out + r * Dy + d0, &o, sizeof(V));
+      std::memcpy(out + r * ldo + d0, &o, sizeof(V));
     }
   }
   if (d0 == Dy) return;
@@ -200,14 +203,14 @@ void tile_combine(const Block& blk, const T* p, int64_t lds, const T* y, int64_t
   for (int g = 0; g < blk.nseg; ++g) {
     const Segment& seg = blk.seg[g];
     for (int64_t c = seg.c0; c < seg.c1; ++c) {
-      const T* yr = y + c * Dy + d0;
+      const T* yr = y + c * ldy + d0;
       const int64_t col = seg.off + (c - seg.c0);
       for (int r = 0; r < kRows; ++r)
         for (int64_t jj = 0; jj < w; ++jj) acc[r][jj] += p[r * lds + col] * yr[jj];
     }
   }
   for (int r = 0; r < blk.rows; ++r)
-    for (int64_t jj = 0; jj < w; ++jj) out[r * Dy + d0 + jj] = alpha * acc[r][jj];
+    for (int64_t jj = 0; jj < w; ++jj) out[r * ldo + d0 + jj] = alpha * acc[r][jj];
 }
 
 // dst[pos0 + j][:] += mul * sum_r w[r][off + j] * x[r][:] for j < n (a rank-kRows
@@ -365,24 +368,28 @@ float row_exp<float>(float* s, int64_t width, float shift) {
   return out;
 }
 
-// Copies rows [i0, i0 + rows) of x (row length D) into a kRows x D tile, zero-padded.
+// Copies rows [i0, i0 + rows) of x (row length D, row stride ldx) into a
+// kRows x D tile, zero-padded.
 template <typename T>
-void load_rows(const T* x, int64_t i0, int rows, int64_t D, T* tile) {
-  std::memcpy(tile, x + i0 * D, sizeof(T) * rows * D);
+void load_rows(const T* x, int64_t i0, int rows, int64_t D, int64_t ldx, T* tile) {
+  if (ldx == D)
+    std::memcpy(tile, x + i0 * D, sizeof(T) * rows * D);
+  else
+    for (int r = 0; r < rows; ++r) std::memcpy(tile + r * D, x + (i0 + r) * ldx, sizeof(T) * D);
   if (rows < kRows) std::memset(tile + rows * D, 0, sizeof(T) * (kRows - rows) * D);
 }
 
-// xt[d][pos] = x[c][d] for the chunk's keys in its compact layout (row
-// length ch.ld), zero in the kCols columns after each range.
+// xt[d][pos] = x[c][d] (x rows strided ldx) for the chunk's keys in its compact
+// layout (row length ch.ld), zero in the kCols columns after each range.
 template <typename T>
-void transpose_chunk(const T* x, const AttentionChunk& ch, int64_t D, T* xt) {
+void transpose_chunk(const T* x, const AttentionChunk& ch, int64_t D, int64_t ldx, T* xt) {
   const int64_t ld = ch.ld;
   for (int g = 0; g < ch.nseg; ++g) {
     const int64_t n = ch.c1[g] - ch.c0[g];
-    const T* xs = x + ch.c0[g] * D;
+    const T* xs = x + ch.c0[g] * ldx;
     T* dst = xt + ch.pos[g];
     for (int64_t c = 0; c < n; ++c)
-      for (int64_t d = 0; d < D; ++d) dst[d * ld + c] = xs[c * D + d];
+      for (int64_t d = 0; d < D; ++d) dst[d * ld + c] = xs[c * ldx + d];
     for (int64_t d = 0; d < D; ++d)
       for (int64_t c = n; c < n + kCols; ++c) dst[d * ld + c] = 0;
   }
@@ -406,6 +413,17 @@ void write_band(const Block& blk, const AttentionPattern& pat, const T* s, int64
   }
 }
 
+// First row of head bh (= b * H + h) of a (B, H, T, dim) buffer and its row stride.
+template <typename T>
+T* head_rows(T* x, const RowStrides& s, int64_t bh, int64_t H, int64_t T_, int64_t dim, int64_t* ld) {
+  if (s.dense()) {
+    *ld = dim;
+    return x + bh * T_ * dim;
+  }
+  *ld = s.row;
+  return x + (bh / H) * s.batch + (bh % H) * s.head;
+}
+
 template <typename T>
 void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t bh, const AttentionChunk& ch,
                                   T* scratch) {
@@ -416,16 +434,17 @@ void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t 
   T* s = qt + kRows * D;       // kRows x lds
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t b = bh / H;
-  const T* q = p.q + bh * Tq * D;
-  const T* k = p.k + bh * Tk * D;
-  const T* v = p.v + bh * Tk * Dv;
-  T* out = p.out + bh * Tq * Dv;
+  int64_t ldq, ldk, ldv, ldo;
+  const T* q = head_rows(p.q, p.q_strides, bh, H, Tq, D, &ldq);
+  const T* k = head_rows(p.k, p.k_strides, bh, H, Tk, D, &ldk);
+  const T* v = head_rows(p.v, p.v_strides, bh, H, Tk, Dv, &ldv);
+  T* out = head_rows(p.out, p.out_strides, bh, H, Tq, Dv, &ldo);
   T* lse = p.lse + bh * Tq;
   const uint8_t* pad = p.pattern.key_padding ? p.pattern.key_padding + b * Tk : nullptr;
-  transpose_chunk(k, ch, D, kt);
+  transpose_chunk(k, ch, D, ldk, kt);
   for (int64_t i0 = ch.i0; i0 < ch.i0 + ch.rows; i0 += kRows) {
     const Block blk = make_block(p.pattern, i0, Tq, Tk);
-    load_rows(q, i0, blk.rows, D, qt);
+    load_rows(q, i0, blk.rows, D, ldq, qt);
     tile_scores(blk, ch, qt, D, kt, ldt, s, lds);
     for (int r = 0; r < kRows; ++r) {
       T* sr = s + r * lds;
@@ -442,7 +461,7 @@ void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t 
       lse[i0 + r] = m + std::log(l);
     }
     if (p.band) write_band(blk, p.pattern, s, lds, p.band + (bh * Tq + i0) * (p.pattern.left + p.pattern.right + 1));
-    tile_combine(blk, s, lds, v, Dv, T(1), out + i0 * Dv);
+    tile_combine(blk, s, lds, v, Dv, ldv, T(1), out + i0 * ldo, ldo);
   }
 }
 
@@ -467,16 +486,16 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
   const T* dout = p.dout + bh * Tq * Dv;
   T* dq = p.dq + bh * Tq * D;
   const uint8_t* pad = p.pattern.key_padding ? p.pattern.key_padding + b * Tk : nullptr;
-  transpose_chunk(k, ch, D, kt);
-  transpose_chunk(v, ch, Dv, vt);
+  transpose_chunk(k, ch, D, D, kt);
+  transpose_chunk(v, ch, Dv, Dv, vt);
   for (int g = 0; g < ch.nseg; ++g) {
     std::memset(dk_part + ch.pos[g] * D, 0, sizeof(T) * (ch.c1[g] - ch.c0[g]) * D);
     std::memset(dv_part + ch.pos[g] * Dv, 0, sizeof(T) * (ch.c1[g] - ch.c0[g]) * Dv);
   }
   for (int64_t i0 = ch.i0; i0 < ch.i0 + ch.rows; i0 += kRows) {
     const Block blk = make_block(p.pattern, i0, Tq, Tk);
-    load_rows(q, i0, blk.rows, D, qt);
-    load_rows(dout, i0, blk.rows, Dv, dot);
+    load_rows(q, i0, blk.rows, D, D, qt);
+    load_rows(dout, i0, blk.rows, Dv, Dv, dot);
     tile_scores(blk, ch, qt, D, kt, ldt, s, lds);
     tile_scores(blk, ch, dot, Dv, vt, ldt, dp, lds);
     for (int r = 0; r < kRows; ++r) {
@@ -494,7 +513,7 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
       row_exp(sr, blk.width, row_lse);
       for (int64_t c = 0; c < blk.width; ++c) dr[c] = sr[c] * (dr[c] - delta);  // dS w.r.t. the scaled score
     }
-    tile_combine(blk, dp, lds, k, D, p.scale, dq + i0 * D);
+    tile_combine(blk, dp, lds, k, D, D, p.scale, dq + i0 * D, D);
     // dK[c] += scale * sum_r dS[r][c] q[r];  dV[c] += sum_r P[r][c] dO[r].
     for (int g = 0; g < blk.nseg; ++g) {
       const Segment& seg = blk.seg[g];

@@ -1,5 +1,9 @@
 // Bindings of the sparse attention kernels: check, release the GIL, call.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <array>
 
 #include <cmath>
 #include <string>
@@ -38,17 +42,52 @@ void set_dims(P& p, const AttnDims& d, const Buf& key_padding, double scale, int
   p.num_threads = num_threads < 1 ? 1 : num_threads;
 }
 
+using Strides = std::array<int64_t, 3>;  // (batch, head, row) elements; all 0 = dense
+
+// Elements a (B, H, T, dim) buffer with strides `st` spans, after checking the
+// strides (non-negative; for a buffer the kernel writes, no two elements at
+// one address). Dense strides give the dense count.
+int64_t strided_extent(const Strides& st, int64_t B, int64_t H, int64_t T, int64_t dim, bool written,
+                       const char* fn, const char* name) {
+  const std::string where = std::string(fn) + ": " + name + "_strides";
+  if (st[0] == 0 && st[1] == 0 && st[2] == 0) return checked_mul({B, H, T, dim}, fn, name);
+  if (st[0] < 0 || st[1] < 0 || st[2] < 0) throw py::value_error(where + " must be >= 0");
+  if (B == 0 || H == 0 || T == 0) return 0;
+  std::array<std::pair<int64_t, int64_t>, 4> dims{{{1, dim}, {st[2], T}, {st[1], H}, {st[0], B}}};
+  int64_t extent = dim;
+  for (int i = 1; i < 4; ++i)
+    if (__builtin_add_overflow(extent, checked_mul({dims[i].first, dims[i].second - 1}, fn, name), &extent))
+      throw py::value_error(where + " overflow 64 bits");
+  if (written) {
+    std::sort(dims.begin(), dims.end());
+    int64_t reach = 1;  // elements spanned by the dimensions so far (a stride-0 dim overlaps)
+    for (const auto& [stride, n] : dims) {
+      if (n == 1) continue;
+      if (stride < reach) throw py::value_error(where + " make elements overlap");
+      reach = checked_mul({stride, n}, fn, name);
+    }
+  }
+  return extent;
+}
+
+// q / k / v / out strides of the forward (CPU only; the CUDA kernels take dense buffers).
+struct FwdStrides {
+  Strides q{0, 0, 0}, k{0, 0, 0}, v{0, 0, 0}, out{0, 0, 0};
+};
+
 template <typename T>
 SparseAttentionFwdParams<T> fwd_params(const Buf& q, const Buf& k, const Buf& v, const Buf& key_padding,
                                        const Buf& out, const Buf& lse, const AttnDims& d, double scale,
-                                       int num_threads, const char* fn) {
+                                       int num_threads, const char* fn, const FwdStrides& st = {}) {
   SparseAttentionFwdParams<T> p;
   set_dims(p, d, key_padding, scale, num_threads, fn);
-  p.q = checked_ptr<const T>(q, checked_mul({d.B, d.H, d.Tq, d.D}, fn, "q"), true, fn, "q");
-  p.k = checked_ptr<const T>(k, checked_mul({d.B, d.H, d.Tk, d.D}, fn, "k"), true, fn, "k");
-  p.v = checked_ptr<const T>(v, checked_mul({d.B, d.H, d.Tk, d.Dv}, fn, "v"), true, fn, "v");
-  p.out = checked_ptr<T>(out, checked_mul({d.B, d.H, d.Tq, d.Dv}, fn, "out"), true, fn, "out");
+  p.q = checked_ptr<const T>(q, strided_extent(st.q, d.B, d.H, d.Tq, d.D, false, fn, "q"), true, fn, "q");
+  p.k = checked_ptr<const T>(k, strided_extent(st.k, d.B, d.H, d.Tk, d.D, false, fn, "k"), true, fn, "k");
+  p.v = checked_ptr<const T>(v, strided_extent(st.v, d.B, d.H, d.Tk, d.Dv, false, fn, "v"), true, fn, "v");
+  p.out = checked_ptr<T>(out, strided_extent(st.out, d.B, d.H, d.Tq, d.Dv, true, fn, "out"), true, fn, "out");
   p.lse = checked_ptr<T>(lse, checked_mul({d.B, d.H, d.Tq}, fn, "lse"), true, fn, "lse");
+  auto rows = [](const Strides& s) { return RowStrides{s[0], s[1], s[2]}; };
+  p.q_strides = rows(st.q), p.k_strides = rows(st.k), p.v_strides = rows(st.v), p.out_strides = rows(st.out);
   return p;
 }
 
@@ -99,16 +138,16 @@ void bind_attention(py::module_& m) {
       "sparse_attention_fwd",
       [](const std::string& dtype, Buf q, Buf k, Buf v, Buf key_padding, Buf out, Buf lse, int64_t B, int64_t H,
          int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, int64_t left, int64_t right, int64_t global_tokens,
-         double scale, int num_threads, Buf band) {
+         double scale, int num_threads, Buf band, Strides qs, Strides ks, Strides vs, Strides os) {
         const char* fn = "sparse_attention_fwd";
         const AttnDims d{B, H, Tq, Tk, D, Dv, left, right, global_tokens};
         if (attn_is_float64(dtype, fn)) {
-          auto p = fwd_params<double>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn);
+          auto p = fwd_params<double>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn, {qs, ks, vs, os});
           set_band(p, band, fn);
           py::gil_scoped_release release;
           cpu::sparse_attention_fwd<double>(p);
         } else {
-          auto p = fwd_params<float>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn);
+          auto p = fwd_params<float>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn, {qs, ks, vs, os});
           set_band(p, band, fn);
           py::gil_scoped_release release;
           cpu::sparse_attention_fwd<float>(p);
@@ -116,11 +155,15 @@ void bind_attention(py::module_& m) {
       },
       "Sparse (window + global) attention forward on CPU. Buffers are (address, numel) pairs; "
       "see csrc/include/fastlstm/attention_params.h for layouts. left/right < 0 = unbounded. "
-      "band (optional): the banded softmax weights of each query's window.",
+      "band (optional): the banded softmax weights of each query's window. q/k/v/out_strides "
+      "(optional): (batch, head, row) element strides of buffers with contiguous rows, whose "
+      "(address, numel) then give the span the strides reach.",
       py::arg("dtype"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_padding"), py::arg("out"),
       py::arg("lse"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("k_len"), py::arg("head_dim"),
       py::arg("v_dim"), py::arg("left"), py::arg("right"), py::arg("global_tokens"), py::arg("scale"),
-      py::arg("num_threads") = 1, py::arg("band") = Buf{0, 0});
+      py::arg("num_threads") = 1, py::arg("band") = Buf{0, 0}, py::arg("q_strides") = Strides{0, 0, 0},
+      py::arg("k_strides") = Strides{0, 0, 0}, py::arg("v_strides") = Strides{0, 0, 0},
+      py::arg("out_strides") = Strides{0, 0, 0});
   m.def(
       "sparse_attention_bwd",
       [](const std::string& dtype, Buf q, Buf k, Buf v, Buf out, Buf lse, Buf dout, Buf key_padding, Buf dq, Buf dk,

@@ -142,14 +142,15 @@ def _windowed_self_attention(attn: nn.Module, x: Tensor, key_padding_mask: Tenso
     H = attn.num_heads
     Dh = E // H
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
-    q, k = qkv[0].contiguous(), qkv[1].contiguous()  # (B, H, T, Dh) each
     if need_weights and x.device.type == "cpu" and attn.backend in (None, "auto", "cpu"):
-        # The CPU kernel writes each query's window weights itself.
+        # The CPU kernel reads q, k, v in place in qkv, writes each query's window
+        # weights itself and lays its output out (B, T, H, Dh): no copies around it.
         out, band = torch.ops.fastlstm.sparse_attention_banded(
-            q, k, qkv[2].contiguous(), attn.window[0], attn.window[1], Dh ** -0.5, key_padding_mask
+            qkv[0], qkv[1], qkv[2], attn.window[0], attn.window[1], Dh ** -0.5, key_padding_mask
         )
-        result = attn.out_proj(out.permute(0, 2, 1, 3).reshape(B, T, E))
+        result = attn.out_proj(out.transpose(1, 2).reshape(B, T, E))
         return result, band.mean(dim=1)
+    q, k = qkv[0].contiguous(), qkv[1].contiguous()  # (B, H, T, Dh) each
     if need_weights:
         # Elsewhere values get a one-hot tail: slot j mod span for key j. A query's window holds
         # span consecutive keys, so its output tail is exactly its softmax weights (the kernel's

@@ -60,25 +60,51 @@ def sparse_attention_op(
     return _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band=False)[:2]
 
 
+_DENSE = (0, 0, 0)
+
+
+def _row_strided(t: Tensor) -> tuple[Tensor, tuple[int, int], tuple[int, int, int]]:
+    """(tensor, buffer, (batch, head, row) strides) of a (B, H, T, dim) CPU input
+    for the kernel: as it is when its rows are contiguous (views of a packed
+    projection need no copy), else a dense copy."""
+    if not t.is_contiguous() and t.numel() > 0 and t.stride(-1) == 1 and min(t.stride()) >= 0:
+        extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+        return t, (t.data_ptr(), extent), tuple(t.stride()[:3])
+    t = t.contiguous()
+    return t, _ext.buf(t), _DENSE
+
+
 def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band: bool):
-    """Runs the forward kernel: (out, lse, band weights (B, H, Tq, left + right + 1) or None)."""
+    """Runs the forward kernel: (out, lse, band weights (B, H, Tq, left + right + 1) or None).
+    With ``band`` (CPU inference) the inputs may be strided and ``out`` is a
+    (B, H, Tq, Dv) view of (B, Tq, H, Dv) memory, ready for the out-projection."""
     # The raw ops check too: the kernel sees only element counts, so a float64
     # k or a float mask with the right count would otherwise be misread.
     _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     pad = _padding_buf(key_padding_mask)
-    out = empty(B, H, Tq, Dv, like=q)
     lse = empty(B, H, Tq, like=q)
-    weights = empty(B, H, Tq, left + right + 1, like=q) if band else None
     buf = _ext.buf
+    if band:
+        (q, bq, sq), (k, bk, sk), (v, bv, sv) = _row_strided(q), _row_strided(k), _row_strided(v)
+        out = empty(B, Tq, H, Dv, like=q).transpose(1, 2)
+        weights = empty(B, H, Tq, left + right + 1, like=q)
+        bo = (out.data_ptr(), out.numel())
+        _ext._C.sparse_attention_fwd(
+            _dtype_name(q), bq, bk, bv, buf(pad), bo, buf(lse), B, H, Tq, Tk, D, Dv, left, right, global_tokens,
+            scale, torch.get_num_threads(), band=buf(weights), q_strides=sq, k_strides=sk, v_strides=sv,
+            out_strides=tuple(out.stride()[:3]) if out.numel() else _DENSE,
+        )
+        return out, lse, weights
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = empty(B, H, Tq, Dv, like=q)
     args = (_dtype_name(q), buf(q), buf(k), buf(v), buf(pad), buf(out), buf(lse),
             B, H, Tq, Tk, D, Dv, left, right, global_tokens, scale)
     if q.device.type == "cuda":
         _ext._C.sparse_attention_fwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
     else:
-        _ext._C.sparse_attention_fwd(*args, torch.get_num_threads(), band=buf(weights))
-    return out, lse, weights
+        _ext._C.sparse_attention_fwd(*args, torch.get_num_threads())
+    return out, lse, None
 
 
 @sparse_attention_op.register_fake
@@ -95,6 +121,9 @@ def sparse_attention_banded(
     """Inference form of the sliding-window op (CPU, no autograd): output
     (B, H, Tq, Dv) and the softmax weights of each query's window (B, H, Tq,
     left + right + 1), column c = key i - left + c (0 outside the keys or on padding).
+    q, k and v may be strided views (rows contiguous), e.g. of one packed
+    in-projection; the output is laid out (B, Tq, H, Dv) in memory, so
+    ``out.transpose(1, 2).reshape(B, Tq, H * Dv)`` is free.
 
     >>> out, band = torch.ops.fastlstm.sparse_attention_banded(q, k, v, 64, 64, 0.125, None)
     """
@@ -108,7 +137,7 @@ def sparse_attention_banded(
 def _(q, k, v, left, right, scale, key_padding_mask):
     _check_inputs(q, k, v, 0, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
-    return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq, left + right + 1)
+    return q.new_empty(B, Tq, H, Dv).transpose(1, 2), q.new_empty(B, H, Tq, left + right + 1)
 
 
 @torch.library.custom_op("fastlstm::sparse_attention_backward", mutates_args=(), device_types=("cpu", "cuda"))

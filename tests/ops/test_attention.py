@@ -312,3 +312,56 @@ def test_banded_opcheck_and_bad_window():
                                      _ext.buf(out), _ext.buf(torch.empty(q.shape[:3], dtype=q.dtype)),
                                      *q.shape[:3], k.shape[2], q.shape[3], v.shape[3], 6, 1, 0, 0.3, 1,
                                      band=_ext.buf(torch.empty(3, dtype=q.dtype)))
+
+
+# (B, H, T, D, window, padded)
+STRIDED_CASES = {"symmetric": (2, 2, 50, 16, (3, 3), False), "causal-padded": (1, 4, 97, 8, (20, 0), True),
+                 "wide-window": (1, 3, 40, 12, (64, 64), True), "T1": (2, 2, 1, 16, (4, 4), False)}
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", STRIDED_CASES.values(), ids=STRIDED_CASES.keys())
+def test_banded_reads_strided_views_in_place(case, dtype):
+    """q, k, v as views of one packed (B, T, 3, H, D) projection (the productivity
+    model's layout) give the same bits as dense copies; the output is laid out
+    (B, T, H, D) in memory."""
+    B, H, T, D, window, padded = case
+    torch.manual_seed(7)
+    packed = torch.randn(B, T, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4)
+    q, k, v = packed[0], packed[1], packed[2]
+    kpm = torch.rand(B, T) < 0.2 if padded else None
+    out, band = torch.ops.fastlstm.sparse_attention_banded(q, k, v, *window, 0.3, kpm)
+    dense_out, dense_band = torch.ops.fastlstm.sparse_attention_banded(
+        q.contiguous(), k.contiguous(), v.contiguous(), *window, 0.3, kpm)
+    assert torch.equal(out, dense_out) and torch.equal(band, dense_band)
+    assert out.transpose(1, 2).is_contiguous()
+    ref_out, _ = reference.sparse_attention(q, k, v, window, 0, 0.3, kpm)
+    assert_parity(out, ref_out)
+
+
+@needs_cpu
+def test_forward_strides_checked_by_binding():
+    B, H, T, D = 1, 2, 6, 4
+    x = torch.randn(B, T, 3, H, D)  # q, k, v of every head interleaved, as a packed projection writes them
+    row = (T * 3 * H * D, D, 3 * H * D)  # (batch, head, row) strides of q in x
+    extent = (H - 1) * D + (T - 1) * 3 * H * D + D
+    view = (x.data_ptr(), extent)
+    out, lse = torch.empty(B, T, H, D), torch.empty(B, H, T)
+    out_rows = (T * H * D, D, H * D)
+
+    def call(q=view, out_buf=_ext.buf(out), **strides):
+        kwargs = dict(q_strides=row, k_strides=row, v_strides=row, out_strides=out_rows)
+        kwargs.update(strides)
+        _ext._C.sparse_attention_fwd("float32", q, view, view, (0, 0), out_buf, _ext.buf(lse),
+                                     B, H, T, T, D, D, 1, 1, 0, 0.5, 1, **kwargs)
+
+    call()
+    with pytest.raises(ValueError, match="q has"):
+        call(q=(x.data_ptr(), extent + 1))
+    with pytest.raises(ValueError, match="k has"):  # k given as dense: the buffer spans 3x its elements
+        call(k_strides=(0, 0, 0))
+    with pytest.raises(ValueError, match="overlap"):  # two heads written to one place
+        call(out_buf=(out.data_ptr(), (T - 1) * H * D + D), out_strides=(T * H * D, 0, H * D))
+    with pytest.raises(ValueError, match=">= 0"):
+        call(q_strides=(0, -1, 4))

@@ -4,7 +4,8 @@
 //
 // Sizes: B batch, H heads, Tq queries, Tk keys, D head dim of q/k, Dv head
 // dim of v. Every buffer is dense (contiguous, row-major) in the layout
-// written beside it; buffers never alias each other.
+// written beside it unless its RowStrides say otherwise; outputs never alias
+// other buffers.
 //
 // Pattern: query i attends key j when
 //   (i - left <= j <= i + right)  or  j < global_tokens  or  i < global_tokens,
@@ -30,6 +31,14 @@ struct AttentionPattern {
   const uint8_t* key_padding = nullptr;  // (B, Tk), nonzero = padding, or null
 };
 
+// Element strides of a (B, H, T, dim) tensor with contiguous rows: row r of
+// head h of batch b starts at b * batch + h * head + r * row. All zero means
+// dense (the layout written beside each buffer).
+struct RowStrides {
+  int64_t batch = 0, head = 0, row = 0;
+  bool dense() const { return batch == 0 && head == 0 && row == 0; }
+};
+
 template <typename T>
 struct SparseAttentionFwdParams {
   // Inputs.
@@ -44,6 +53,9 @@ struct SparseAttentionFwdParams {
   // key is outside [0, Tk), padding or disallowed). Needs a bounded window and
   // no global tokens.
   T* band = nullptr;
+  // CPU only: strided q / k / v / out (e.g. views of one packed projection,
+  // out written as (B, Tq, H, Dv)); default dense.
+  RowStrides q_strides, k_strides, v_strides, out_strides;
   AttentionPattern pattern;
   T scale = 1;
   int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, v_dim = 0;
