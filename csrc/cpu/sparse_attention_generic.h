@@ -413,6 +413,28 @@ void write_band(const Block& blk, const AttentionPattern& pat, const T* s, int64
   }
 }
 
+// Attention dropout on score row r of a block, whose probabilities P are in
+// s: each weight becomes M P with M = 1 / (1 - p) where kept, else 0 (see
+// attention_dropout_keep). Backward also passes dp = dP' (the gradient of the
+// dropped-out weights) and delta = dO . O, and gets dp = P (M dP' - delta),
+// the score gradient. Only the block's key columns are touched.
+template <typename T>
+void dropout_row(const Block& blk, int r, const AttentionDropout& drop, int64_t bh, T* s, T* dp = nullptr,
+                 T delta = 0) {
+  const uint64_t threshold = attention_dropout_threshold(drop.p);
+  const T keep_scale = T(1) / T(1 - drop.p);
+  const int64_t i = blk.i0 + r;
+  for (int g = 0; g < blk.nseg; ++g) {
+    const Segment& seg = blk.seg[g];
+    for (int64_t c = seg.c0; c < seg.c1; ++c) {
+      const int64_t col = seg.off + (c - seg.c0);
+      const T m = attention_dropout_keep(drop.seed, bh, i, c, threshold) ? keep_scale : T(0);
+      if (dp) dp[col] = s[col] * (m * dp[col] - delta);
+      s[col] *= m;
+    }
+  }
+}
+
 // First row of head bh (= b * H + h) of a (B, H, T, dim) buffer and its row stride.
 template <typename T>
 T* head_rows(T* x, const RowStrides& s, int64_t bh, int64_t H, int64_t T_, int64_t dim, int64_t* ld) {
@@ -459,6 +481,7 @@ void generic_sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, int64_t 
       const T inv = T(1) / l;
       for (int64_t c = 0; c < blk.width; ++c) sr[c] *= inv;
       lse[i0 + r] = m + std::log(l);
+      if (p.dropout.p > 0) dropout_row(blk, r, p.dropout, bh, sr);
     }
     if (p.band) write_band(blk, p.pattern, s, lds, p.band + (bh * Tq + i0) * (p.pattern.left + p.pattern.right + 1));
     tile_combine(blk, s, lds, v, Dv, ldv, T(1), out + i0 * ldo, ldo);
@@ -511,7 +534,11 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
       T delta = 0;
       for (int64_t d = 0; d < Dv; ++d) delta += dout[(i0 + r) * Dv + d] * o[(i0 + r) * Dv + d];
       row_exp(sr, blk.width, row_lse);
-      for (int64_t c = 0; c < blk.width; ++c) dr[c] = sr[c] * (dr[c] - delta);  // dS w.r.t. the scaled score
+      if (p.dropout.p > 0) {
+        dropout_row(blk, r, p.dropout, bh, sr, dr, delta);  // dS, and M P for dV
+      } else {
+        for (int64_t c = 0; c < blk.width; ++c) dr[c] = sr[c] * (dr[c] - delta);  // dS w.r.t. the scaled score
+      }
     }
     tile_combine(blk, dp, lds, k, D, D, p.scale, dq + i0 * D, D);
     // dK[c] += scale * sum_r dS[r][c] q[r];  dV[c] += sum_r P[r][c] dO[r].

@@ -91,6 +91,12 @@ SparseAttentionFwdParams<T> fwd_params(const Buf& q, const Buf& k, const Buf& v,
   return p;
 }
 
+// Attention dropout of the CPU kernels (0 <= p < 1).
+AttentionDropout checked_dropout(double p, uint64_t seed, const char* fn) {
+  if (!(p >= 0.0 && p < 1.0)) throw py::value_error(std::string(fn) + ": dropout_p must be in [0, 1)");
+  return AttentionDropout{p, seed};
+}
+
 // The optional banded weights output of the CPU forward.
 template <typename T>
 void set_band(SparseAttentionFwdParams<T>& p, const Buf& band, const char* fn) {
@@ -138,16 +144,22 @@ void bind_attention(py::module_& m) {
       "sparse_attention_fwd",
       [](const std::string& dtype, Buf q, Buf k, Buf v, Buf key_padding, Buf out, Buf lse, int64_t B, int64_t H,
          int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, int64_t left, int64_t right, int64_t global_tokens,
-         double scale, int num_threads, Buf band, Strides qs, Strides ks, Strides vs, Strides os) {
+         double scale, int num_threads, Buf band, Strides qs, Strides ks, Strides vs, Strides os, double dropout_p,
+         uint64_t seed) {
         const char* fn = "sparse_attention_fwd";
         const AttnDims d{B, H, Tq, Tk, D, Dv, left, right, global_tokens};
+        const AttentionDropout drop = checked_dropout(dropout_p, seed, fn);
+        if (drop.p > 0 && band.first != 0)
+          throw py::value_error(std::string(fn) + ": band weights are not available with dropout");
         if (attn_is_float64(dtype, fn)) {
           auto p = fwd_params<double>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn, {qs, ks, vs, os});
+          p.dropout = drop;
           set_band(p, band, fn);
           py::gil_scoped_release release;
           cpu::sparse_attention_fwd<double>(p);
         } else {
           auto p = fwd_params<float>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn, {qs, ks, vs, os});
+          p.dropout = drop;
           set_band(p, band, fn);
           py::gil_scoped_release release;
           cpu::sparse_attention_fwd<float>(p);
@@ -163,20 +175,23 @@ void bind_attention(py::module_& m) {
       py::arg("v_dim"), py::arg("left"), py::arg("right"), py::arg("global_tokens"), py::arg("scale"),
       py::arg("num_threads") = 1, py::arg("band") = Buf{0, 0}, py::arg("q_strides") = Strides{0, 0, 0},
       py::arg("k_strides") = Strides{0, 0, 0}, py::arg("v_strides") = Strides{0, 0, 0},
-      py::arg("out_strides") = Strides{0, 0, 0});
+      py::arg("out_strides") = Strides{0, 0, 0}, py::arg("dropout_p") = 0.0, py::arg("seed") = uint64_t{0});
   m.def(
       "sparse_attention_bwd",
       [](const std::string& dtype, Buf q, Buf k, Buf v, Buf out, Buf lse, Buf dout, Buf key_padding, Buf dq, Buf dk,
          Buf dv, int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, int64_t left, int64_t right,
-         int64_t global_tokens, double scale, int num_threads) {
+         int64_t global_tokens, double scale, int num_threads, double dropout_p, uint64_t seed) {
         const char* fn = "sparse_attention_bwd";
         const AttnDims d{B, H, Tq, Tk, D, Dv, left, right, global_tokens};
+        const AttentionDropout drop = checked_dropout(dropout_p, seed, fn);
         if (attn_is_float64(dtype, fn)) {
           auto p = bwd_params<double>(q, k, v, out, lse, dout, key_padding, dq, dk, dv, d, scale, num_threads, fn);
+          p.dropout = drop;
           py::gil_scoped_release release;
           cpu::sparse_attention_bwd<double>(p);
         } else {
           auto p = bwd_params<float>(q, k, v, out, lse, dout, key_padding, dq, dk, dv, d, scale, num_threads, fn);
+          p.dropout = drop;
           py::gil_scoped_release release;
           cpu::sparse_attention_bwd<float>(p);
         }
@@ -185,7 +200,24 @@ void bind_attention(py::module_& m) {
       py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dout"), py::arg("key_padding"), py::arg("dq"),
       py::arg("dk"), py::arg("dv"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("k_len"),
       py::arg("head_dim"), py::arg("v_dim"), py::arg("left"), py::arg("right"), py::arg("global_tokens"),
-      py::arg("scale"), py::arg("num_threads") = 1);
+      py::arg("scale"), py::arg("num_threads") = 1, py::arg("dropout_p") = 0.0, py::arg("seed") = uint64_t{0});
+  m.def(
+      "attention_dropout_mask",
+      [](double dropout_p, uint64_t seed, Buf mask, int64_t BH, int64_t Tq, int64_t Tk) {
+        const char* fn = "attention_dropout_mask";
+        const AttentionDropout drop = checked_dropout(dropout_p, seed, fn);
+        if (BH < 0 || Tq < 0 || Tk < 0) throw py::value_error(std::string(fn) + ": sizes must be >= 0");
+        uint8_t* out = checked_ptr<uint8_t>(mask, checked_mul({BH, Tq, Tk}, fn, "mask"), true, fn, "mask");
+        const uint64_t threshold = attention_dropout_threshold(drop.p);
+        py::gil_scoped_release release;
+        for (int64_t bh = 0; bh < BH; ++bh)
+          for (int64_t i = 0; i < Tq; ++i)
+            for (int64_t j = 0; j < Tk; ++j)
+              out[(bh * Tq + i) * Tk + j] = attention_dropout_keep(drop.seed, bh, i, j, threshold) ? 1 : 0;
+      },
+      "The keep mask (B*H, Tq, Tk) uint8 the CPU kernels use for attention dropout with this seed "
+      "(for tests and reference implementations).",
+      py::arg("dropout_p"), py::arg("seed"), py::arg("mask"), py::arg("bh"), py::arg("q_len"), py::arg("k_len"));
 #ifdef FASTLSTM_WITH_CUDA
   m.def(
       "sparse_attention_fwd_cuda",

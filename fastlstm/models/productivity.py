@@ -116,7 +116,9 @@ if _SparseAttention is not None:
         and pattern run through torch's attention with dropout."""
 
         def forward(self, query, key, value, key_padding_mask=None, need_weights=True):
-            if self.training and self.dropout > 0:
+            if self.training and self.dropout > 0 and (need_weights or query.device.type != "cpu"):
+                # torch's attention returns its weights after dropout; the fused
+                # kernel (CPU) drops inside and does not form them.
                 return _masked_attention(self, query, key_padding_mask, need_weights)
             if query is key and key is value and query.dim() == 3 and self.in_proj_weight is not None \
                     and self.bias_k is None and not self.add_zero_attn and not self.global_tokens:

@@ -70,8 +70,10 @@ class SparseAttention(nn.Module):
     be boolean (True = padding). A query whose keys are all padding gets output
     ``out_proj.bias`` (attention output 0) instead of torch's NaN. Not
     supported (raise): ``attn_mask``/``is_causal`` (use ``window``), attention
-    dropout in training mode, and ``add_bias_kv``/``add_zero_attn`` together
-    with a window.
+    dropout in training mode off the ``cpu`` backend, and
+    ``add_bias_kv``/``add_zero_attn`` together with a window. Attention dropout
+    (training, CPU kernels) drops weights inside the fused kernel with a mask
+    drawn from torch's default generator; returned weights are those before dropout.
 
     >>> attn = SparseAttention(128, 4, batch_first=True, window=(64, 64))
     >>> out, _ = attn(x, x, x, need_weights=False)       # x: (B, T, 128)
@@ -205,8 +207,6 @@ class SparseAttention(nn.Module):
             raise NotImplementedError(
                 "SparseAttention does not take attn_mask/is_causal; set window=(w, 0) for causal attention"
             )
-        if self.training and self.dropout > 0:
-            raise NotImplementedError("SparseAttention does not implement attention dropout; use dropout=0.0 or eval()")
         if query.dim() not in (2, 3):
             raise ValueError(f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D")
         if key.dim() != query.dim() or value.dim() != query.dim():
@@ -266,7 +266,8 @@ class SparseAttention(nn.Module):
     def _attend(self, q, k, v, key_padding_mask, need_weights, average, B, Tq):
         """Attention of (B, H, T, Dh) q, k, v; returns the attention output (B, H, Tq, Dh) and the weights."""
         out, _ = sparse_attention(
-            q, k, v, self.window, self.global_tokens, None, key_padding_mask, backend=self.backend
+            q, k, v, self.window, self.global_tokens, None, key_padding_mask, backend=self.backend,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         weights = self._weights(q, k, key_padding_mask, average) if need_weights else None
         return out, weights

@@ -74,7 +74,7 @@ def _row_strided(t: Tensor) -> tuple[Tensor, tuple[int, int], tuple[int, int, in
     return t, _ext.buf(t), _DENSE
 
 
-def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band: bool):
+def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band: bool, dropout_p=0.0, seed=0):
     """Runs the forward kernel: (out, lse, band weights (B, H, Tq, left + right + 1) or None).
     With ``band`` (CPU inference) the inputs may be strided and ``out`` is a
     (B, H, Tq, Dv) view of (B, Tq, H, Dv) memory, ready for the out-projection."""
@@ -103,7 +103,7 @@ def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band:
     if q.device.type == "cuda":
         _ext._C.sparse_attention_fwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
     else:
-        _ext._C.sparse_attention_fwd(*args, torch.get_num_threads())
+        _ext._C.sparse_attention_fwd(*args, torch.get_num_threads(), dropout_p=dropout_p, seed=seed)
     return out, lse, None
 
 
@@ -156,6 +156,11 @@ def sparse_attention_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of :func:`sparse_attention_op` given the output,
     its log-sum-exp and the output gradient ``dout`` (B, H, Tq, Dv)."""
+    return _backward(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask)
+
+
+def _backward(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask, dropout_p=0.0, seed=0):
+    """Runs the backward kernel: (dq, dk, dv)."""
     _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     for name, t, shape in (("out", out, (B, H, Tq, Dv)), ("lse", lse, (B, H, Tq)), ("dout", dout, (B, H, Tq, Dv))):
@@ -173,7 +178,7 @@ def sparse_attention_backward_op(
     if q.device.type == "cuda":
         _ext._C.sparse_attention_bwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
     else:
-        _ext._C.sparse_attention_bwd(*args, torch.get_num_threads())
+        _ext._C.sparse_attention_bwd(*args, torch.get_num_threads(), dropout_p=dropout_p, seed=seed)
     return dq, dk, dv
 
 
@@ -210,6 +215,70 @@ def make_backward(backward_op):
 sparse_attention_op.register_autograd(
     make_backward(lambda *args: torch.ops.fastlstm.sparse_attention_backward(*args)), setup_context=setup_context
 )
+
+
+# --------------------------------------------------------------------------
+# fastlstm::sparse_attention_dropout (CPU training with attention dropout)
+# --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastlstm::sparse_attention_dropout", mutates_args=(), device_types="cpu")
+def sparse_attention_dropout_op(
+    q: Tensor, k: Tensor, v: Tensor, left: int, right: int, global_tokens: int, scale: float,
+    key_padding_mask: Tensor | None, dropout_p: float, seed: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sparse_attention_op` with attention dropout: each softmax weight is
+    dropped with probability ``dropout_p`` (kept ones scaled by 1 / (1 - p)), by a
+    mask that is a pure function of ``seed`` and the weight's (batch * heads + head,
+    query, key) (``_C.attention_dropout_mask`` materialises it). lse is that of
+    the weights before dropout."""
+    return _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, False, dropout_p, seed)[:2]
+
+
+@sparse_attention_dropout_op.register_fake
+def _(q, k, v, left, right, global_tokens, scale, key_padding_mask, dropout_p, seed):
+    _check_inputs(q, k, v, global_tokens, key_padding_mask)
+    B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
+    return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq)
+
+
+@torch.library.custom_op("fastlstm::sparse_attention_dropout_backward", mutates_args=(), device_types="cpu")
+def sparse_attention_dropout_backward_op(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, left: int, right: int,
+    global_tokens: int, scale: float, key_padding_mask: Tensor | None, dropout_p: float, seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of :func:`sparse_attention_dropout_op` (same mask)."""
+    return _backward(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask, dropout_p, seed)
+
+
+@sparse_attention_dropout_backward_op.register_fake
+def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask, dropout_p, seed):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _dropout_setup_context(ctx, inputs, output):
+    setup_context(ctx, inputs[:8], output)
+    ctx.dropout = inputs[8:]
+
+
+def _dropout_backward(ctx, dout, _dlse):
+    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.fastlstm.sparse_attention_dropout_backward(
+        q, k, v, out, lse, dout, *ctx.pattern[:3], ctx.pattern[3], key_padding_mask, *ctx.dropout
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+sparse_attention_dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
+
+
+def dropout_mask(dropout_p: float, seed: int, B: int, H: int, Tq: int, Tk: int) -> Tensor:
+    """The keep mask (B, H, Tq, Tk) bool of :func:`sparse_attention_dropout_op` for ``seed``."""
+    mask = torch.empty(B, H, Tq, Tk, dtype=torch.uint8)
+    _ext._C.attention_dropout_mask(dropout_p, seed, _ext.buf(mask), B * H, Tq, Tk)
+    return mask.bool()
 
 
 # --------------------------------------------------------------------------
@@ -260,6 +329,7 @@ def sparse_attention(
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
     backend: str | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Sliding-window attention with optional global tokens, never forming Tq x Tk.
 
@@ -272,6 +342,8 @@ def sparse_attention(
     defaults to ``D ** -0.5``. Returns output (B, H, Tq, Dv) and the
     log-sum-exp of the scaled scores (B, H, Tq; not differentiable). Rows with
     no allowed key give output 0 and log-sum-exp ``-inf``.
+    ``dropout_p`` > 0 drops attention weights (training; CPU kernels only), with a
+    mask drawn from torch's default generator (so ``torch.manual_seed`` fixes it).
 
     >>> q = k = v = torch.randn(2, 4, 1440, 32)
     >>> out, lse = sparse_attention(q, k, v, window=(64, 64))
@@ -283,6 +355,15 @@ def sparse_attention(
         scale = q.shape[-1] ** -0.5
     scale = float(scale)
     name = _backends.resolve(backend, q.device, q.dtype, op="sparse_attention")
+    if dropout_p:
+        if not 0.0 <= dropout_p < 1.0:
+            raise ValueError(f"sparse_attention: dropout_p must be in [0, 1); got {dropout_p!r}")
+        if name != "cpu":
+            raise NotImplementedError(f"sparse_attention: attention dropout runs on the cpu backend only, not {name!r}")
+        seed = int(torch.randint(0, 2**62, ()).item())
+        return torch.ops.fastlstm.sparse_attention_dropout(
+            q, k, v, left, right, global_tokens, scale, key_padding_mask, float(dropout_p), seed
+        )
     if name == "reference":
         return _reference.sparse_attention(q, k, v, window, global_tokens, scale, key_padding_mask)
     if name == "triton":

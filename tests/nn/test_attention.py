@@ -152,9 +152,27 @@ def test_unsupported_combinations_raise():
         attn(x, x, x, key_padding_mask=torch.zeros(1, 5), need_weights=False)
     with pytest.raises(ValueError, match="key_padding_mask"):
         attn(x, x, x, key_padding_mask=torch.zeros(1, 4, dtype=torch.bool), need_weights=False)
-    train = SparseAttention(8, 2, dropout=0.1).train()
-    with pytest.raises(NotImplementedError, match="dropout"):
+    train = SparseAttention(8, 2, dropout=0.1, backend="reference").train()
+    with pytest.raises(NotImplementedError, match="dropout"):  # attention dropout is in the CPU kernels only
         train(x, x, x)
+
+
+@needs_cpu
+def test_training_with_attention_dropout_drops_weights_in_the_kernel():
+    torch.manual_seed(0)
+    attn = SparseAttention(16, 2, dropout=0.25, window=(3, 3), batch_first=True, backend="cpu").train()
+    x = torch.randn(2, 20, 16, requires_grad=True)
+    torch.manual_seed(5)
+    a, _ = attn(x, x, x, need_weights=False)
+    torch.manual_seed(5)
+    b, _ = attn(x, x, x, need_weights=False)
+    c, _ = attn(x, x, x, need_weights=False)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the mask follows torch's generator
+    with torch.no_grad():
+        ev = attn.eval()(x, x, x, need_weights=False)[0]
+    assert not torch.equal(a, ev)
+    a.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 @needs_cpu

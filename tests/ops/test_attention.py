@@ -365,3 +365,54 @@ def test_forward_strides_checked_by_binding():
         call(out_buf=(out.data_ptr(), (T - 1) * H * D + D), out_strides=(T * H * D, 0, H * D))
     with pytest.raises(ValueError, match=">= 0"):
         call(q_strides=(0, -1, 4))
+
+
+# fastlstm::sparse_attention_dropout: training with attention dropout in the kernel.
+DROPOUT_CASES = {"window-padded": (2, 3, 50, 8, (5, 3), 0, True, 0.3), "dense": (1, 2, 33, 16, None, 0, False, 0.1),
+                 "global": (1, 2, 40, 8, (4, 4), 3, True, 0.5), "chunked": (1, 1, 300, 8, (70, 70), 0, False, 0.2)}
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", DROPOUT_CASES.values(), ids=DROPOUT_CASES.keys())
+def test_dropout_matches_reference_with_the_kernels_mask(case):
+    """Output and every gradient equal the dense reference computed with the
+    kernel's own keep mask (fp64); the mask keeps about 1 - p of the weights."""
+    from fastlstm.ops.attention import dropout_mask
+
+    B, H, T, D, window, G, padded, p = case
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    kpm = torch.rand(B, T) < 0.2 if padded else None
+    left, right = window if window is not None else (-1, -1)
+    seed = 987654321
+    out, lse = torch.ops.fastlstm.sparse_attention_dropout(q, k, v, left, right, G, 0.3, kpm, p, seed)
+    keep = dropout_mask(p, seed, B, H, T, T)
+    assert abs(keep.double().mean().item() - (1 - p)) < 0.03
+    allowed = reference.attention_mask(T, T, window, G, kpm)
+    weights = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
+    want = (weights * keep / (1 - p)) @ v
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    for name, a, b in zip("qkv", torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0, msg=f"d{name}")
+
+
+@needs_cpu
+def test_dropout_mask_independent_of_threads_and_checked():
+    q = k = v = torch.randn(2, 2, 200, 16)
+    runs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(torch.ops.fastlstm.sparse_attention_dropout(q, k, v, 40, 40, 0, 0.25, None, 0.2, 7)[0])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    with pytest.raises(ValueError, match="dropout_p"):
+        torch.ops.fastlstm.sparse_attention_dropout(q, k, v, 4, 4, 0, 0.25, None, 1.0, 7)
+    with pytest.raises(ValueError, match="dropout_p"):
+        sparse_attention(q, k, v, (4, 4), dropout_p=-0.1)
+    torch.library.opcheck(torch.ops.fastlstm.sparse_attention_dropout.default,
+                          (q[:1, :1, :20].double().requires_grad_(), k[:1, :1, :20].double(), v[:1, :1, :20].double(),
+                           3, 3, 0, 0.25, None, 0.3, 11))

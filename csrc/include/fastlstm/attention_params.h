@@ -39,6 +39,32 @@ struct RowStrides {
   bool dense() const { return batch == 0 && head == 0 && row == 0; }
 };
 
+// Attention dropout (CPU kernels): weight (query i, key j) of head bh is kept
+// with probability 1 - p and scaled by 1 / (1 - p). Whether it is kept is a
+// pure function of (seed, bh, i, j), so backward recomputes the forward's mask
+// without storing it and no thread count or tiling changes it.
+struct AttentionDropout {
+  double p = 0;        // probability of dropping a weight; 0 = no dropout
+  uint64_t seed = 0;
+};
+
+// Whether weight (bh, i, j) survives: a splitmix64 hash of the four,
+// compared with keep_threshold(p) (its top 32 bits uniform in [0, 2^32)).
+FASTLSTM_ATTN_HD bool attention_dropout_keep(uint64_t seed, int64_t bh, int64_t i, int64_t j, uint64_t threshold) {
+  uint64_t x = seed + 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(bh + 1);
+  x ^= static_cast<uint64_t>(i) * 0xbf58476d1ce4e5b9ull;
+  x ^= static_cast<uint64_t>(j) * 0x94d049bb133111ebull + 0x632be59bd9b4e019ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return (x >> 32) < threshold;
+}
+
+// The attention_dropout_keep threshold of a drop probability p in [0, 1).
+FASTLSTM_ATTN_HD uint64_t attention_dropout_threshold(double p) {
+  return static_cast<uint64_t>((1.0 - p) * 4294967296.0);
+}
+
 template <typename T>
 struct SparseAttentionFwdParams {
   // Inputs.
@@ -56,6 +82,7 @@ struct SparseAttentionFwdParams {
   // CPU only: strided q / k / v / out (e.g. views of one packed projection,
   // out written as (B, Tq, H, Dv)); default dense.
   RowStrides q_strides, k_strides, v_strides, out_strides;
+  AttentionDropout dropout;  // CPU only; `out` is then the dropped-out weights times v
   AttentionPattern pattern;
   T scale = 1;
   int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, v_dim = 0;
@@ -75,6 +102,7 @@ struct SparseAttentionBwdParams {
   T* dq = nullptr;  // (B, H, Tq, D)
   T* dk = nullptr;  // (B, H, Tk, D)
   T* dv = nullptr;  // (B, H, Tk, Dv)
+  AttentionDropout dropout;  // CPU only: the forward's
   AttentionPattern pattern;
   T scale = 1;
   int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, v_dim = 0;
