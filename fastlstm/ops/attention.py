@@ -206,8 +206,9 @@ def make_backward(backward_op):
         left, right, global_tokens, scale = ctx.pattern
         if dout is None:
             dout = torch.zeros_like(out)
-        dq, dk, dv = backward_op(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask)
-        return dq, dk, dv, None, None, None, None, None
+        extra = getattr(ctx, "dropout", ())  # (dropout_p, seed) of the dropout op
+        dq, dk, dv = backward_op(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask, *extra)
+        return (dq, dk, dv) + (None,) * (5 + len(extra))
 
     return _backward
 
@@ -261,17 +262,10 @@ def _dropout_setup_context(ctx, inputs, output):
     ctx.dropout = inputs[8:]
 
 
-def _dropout_backward(ctx, dout, _dlse):
-    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.fastlstm.sparse_attention_dropout_backward(
-        q, k, v, out, lse, dout, *ctx.pattern[:3], ctx.pattern[3], key_padding_mask, *ctx.dropout
-    )
-    return dq, dk, dv, None, None, None, None, None, None, None
-
-
-sparse_attention_dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
+sparse_attention_dropout_op.register_autograd(
+    make_backward(lambda *args: torch.ops.fastlstm.sparse_attention_dropout_backward(*args)),
+    setup_context=_dropout_setup_context,
+)
 
 
 def dropout_mask(dropout_p: float, seed: int, B: int, H: int, Tq: int, Tk: int) -> Tensor:
