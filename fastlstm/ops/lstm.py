@@ -75,6 +75,10 @@ class _Lru:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
 
 # Packed recurrent weights for the SIMD kernels, cached against the weight
 # tensor's storage address, version counter, shape and the active CPU level.
