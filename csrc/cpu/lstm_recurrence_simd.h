@@ -122,6 +122,7 @@ inline void fwd_blocks(const LstmRecurrenceFwdParams<float>& p, const float* wf,
       for (int g = 0; g < 4; ++g) acc[r][q][g] = A::loadn(gx[r] + g * H + u0, valid[q]);
   }
   const float* w = wf + j * P * 4 * A::W;
+#pragma GCC unroll 2
   for (int64_t k = 0; k < P; ++k) {
     V hb[N];
     for (int r = 0; r < N; ++r) hb[r] = A::set1(h[r][k]);
@@ -606,6 +607,7 @@ inline void proj_block(const LstmInputProjParams& p, const float* wj, const floa
   }
   const float* x[N];
   for (int r = 0; r < N; ++r) x[r] = p.x + (r0 + r) * I;
+#pragma GCC unroll 2
   for (int64_t k = k0; k < k1; ++k) {
     V xb[N];
     for (int r = 0; r < N; ++r) xb[r] = A::set1(x[r][k]);
