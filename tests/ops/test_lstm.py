@@ -496,6 +496,33 @@ def test_stack_inference_matches_per_layer_path_bitwise_and_reference(case, monk
 
 
 @needs_cpu
+def test_training_workspaces_never_leak_into_results():
+    # The forward's input gates and the backward's gate gradients live in
+    # per-thread workspaces reused by the next call: nothing a call returns
+    # may be a view of them, so a second call must leave the first's
+    # outputs and gradients untouched, and both must match the reference.
+    torch.manual_seed(7)
+    module = fastlstm.LSTM(5, 8, num_layers=2, bidirectional=True, backend="cpu")
+    params = list(module.parameters())
+    results = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        x = torch.randn(9, 3, 5, requires_grad=True)
+        y, (hn, cn) = module(x)
+        grads = torch.autograd.grad((y * y).sum() + hn.sum() + cn.sum(), [x] + params)
+        results.append((x, y, grads, [t.clone() for t in (y, *grads)]))
+    for x, y, grads, copies in results:
+        assert all(torch.equal(a, b) for a, b in zip((y, *grads), copies))
+        xr = x.detach().double().requires_grad_()
+        wr = [w.detach().double().requires_grad_() for w in module._flat_weights]
+        yr, hr, cr = reference.lstm(xr, None, wr, num_layers=2, bidirectional=True)
+        ref = torch.autograd.grad((yr * yr).sum() + hr.sum() + cr.sum(), [xr] + wr)
+        assert_parity(y, yr.float())
+        for g, r in zip(grads, ref):
+            torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5)
+
+
+@needs_cpu
 def test_stack_inference_used_by_the_module_and_follows_weight_updates():
     import importlib
 
