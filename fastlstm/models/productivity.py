@@ -124,8 +124,10 @@ if _SparseAttention is not None:
                     and self.bias_k is None and not self.add_zero_attn and not self.global_tokens:
                 if self.window is None and need_weights:
                     # Dense weights are (T, T) anyway: torch's attention forms them once and reuses
-                    # them for the output, instead of the fused kernel plus a second T x T pass.
-                    return _masked_attention(self, query, key_padding_mask, True)
+                    # them for the output, instead of the fused kernel plus a second T x T pass
+                    # (its fused native form at inference, else its function).
+                    dense = self._dense_with_weights(query, key_padding_mask, True)
+                    return dense if dense is not None else _masked_attention(self, query, key_padding_mask, True)
                 if self.window is not None and not (torch.is_grad_enabled() and _needs_grad(self, query)):
                     return _windowed_self_attention(self, query, key_padding_mask, need_weights)
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights)

@@ -71,6 +71,31 @@ def test_unbatched_input():
 
 
 @needs_cpu
+@pytest.mark.parametrize("average", [True, False], ids=["avg", "per-head"])
+@pytest.mark.parametrize("layout", ["seq-first", "batch-first", "unbatched"])
+def test_dense_inference_with_weights_takes_torchs_fused_attention(layout, average, monkeypatch):
+    """Dense self-attention with weights at inference runs torch's native fused
+    attention (one T x T pass); with padding it keeps the kernel path."""
+    torch_mha, ours = _pair(batch_first=layout == "batch-first")
+    x = torch.randn(7, 16, dtype=torch.float64) if layout == "unbatched" else torch.randn(3, 9, 16, dtype=torch.float64)
+    with torch.no_grad():
+        a_out, a_w = torch_mha(x, x, x, average_attn_weights=average)
+        native, calls = torch._native_multi_head_attention, []
+        monkeypatch.setattr(torch, "_native_multi_head_attention", lambda *args: calls.append(1) or native(*args))
+        b_out, b_w = ours(x, x, x, average_attn_weights=average)
+        assert len(calls) == 1
+        assert b_out.shape == a_out.shape and b_w.shape == a_w.shape
+        assert_parity(b_out, a_out)
+        assert_parity(b_w, a_w)
+        if layout != "unbatched":
+            B, T = (3, 9) if layout == "batch-first" else (9, 3)
+            kpm = torch.zeros(B, T, dtype=torch.bool)
+            kpm[0, 2:] = True
+            ours(x, x, x, key_padding_mask=kpm)
+            assert len(calls) == 1
+
+
+@needs_cpu
 @pytest.mark.parametrize(
     "window, global_tokens", [((3, 0), 0), ((2, 2), 0), ((4, 1), 2), ((50, 50), 0)],
     ids=["causal", "symmetric", "asymmetric-global", "wider-than-T"],
