@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cpu/dropout.h"
 #include "../cpu/lstm_recurrence.h"
 #include "checks.h"
 
@@ -164,9 +165,33 @@ void stack_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
   cpu::lstm_stack_fwd(p);
 }
 
+template <typename T>
+void dropout(const Buf& x, const Buf& y, int64_t n, double p, uint64_t seed, int num_threads) {
+  const char* fn = "dropout";
+  if (!(p >= 0.0 && p < 1.0)) throw py::value_error(std::string(fn) + ": p must be in [0, 1)");
+  if (n < 0) throw py::value_error(std::string(fn) + ": n must be >= 0");
+  const T* in = checked_ptr<const T>(x, n, true, fn, "x");
+  T* out = checked_ptr<T>(y, n, true, fn, "y");
+  py::gil_scoped_release release;
+  cpu::dropout_apply<T>(in, out, n, p, seed, num_threads < 1 ? 1 : num_threads);
+}
+
 }  // namespace
 
 void bind_lstm(py::module_& m) {
+  m.def(
+      "dropout",
+      [](const std::string& dtype, Buf x, Buf y, int64_t n, double p, uint64_t seed, int num_threads) {
+        if (is_float64(dtype, "dropout"))
+          dropout<double>(x, y, n, p, seed, num_threads);
+        else
+          dropout<float>(x, y, n, p, seed, num_threads);
+      },
+      "y = x / (1 - p) where element i is kept, else 0, over n elements (y may be x). Whether i is kept "
+      "is a pure function of (seed, i) (csrc/include/fastlstm/dropout_hash.h), so the backward calls "
+      "this again on the output gradient with the same seed.",
+      py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("p"), py::arg("seed"),
+      py::arg("num_threads") = 1);
   m.def("lstm_stack_fwd", &stack_fwd,
         "fp32 inference through a stack of layers in one call (no projection, SIMD kernels): per layer "
         "the input projection then the recurrence. layers: per layer (w_ih_packed, bias, w_hh, "

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from fastlstm.models import reference as _reference
 from fastlstm.models.activity import PATTERNS, ActivityEncoder, read_log
-from fastlstm.nn import LSTM
+from fastlstm.nn import LSTM, Dropout
 from fastlstm.ops.lstm import lstm as lstm_op
 
 try:  # the fused sparse attention module, where this build has it
@@ -295,7 +295,7 @@ class ProductivityLSTM(nn.Module):
         self.lstm = nn.ModuleList(
             LSTM(sizes[i], h, batch_first=True, bidirectional=True, backend=backend) for i, h in enumerate(hidden)
         )
-        self.lstm_dropout = nn.Dropout(dropout)
+        self.lstm_dropout = Dropout(dropout)  # nn.Dropout with the fused CPU mask kernel
         width = 2 * hidden[-1]
         self.attention = _make_attention(width, num_heads, attention_dropout, self.attention_window, self.global_tokens)
         self.pattern_classifier = nn.Linear(width, output_dim)

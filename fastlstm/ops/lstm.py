@@ -21,6 +21,7 @@ from torch.utils import _python_dispatch
 
 from fastlstm import _backends, _ext
 from fastlstm import reference as _reference
+from fastlstm.ops import dropout as _dropout
 from fastlstm.ops._alloc import empty
 
 # --------------------------------------------------------------------------
@@ -794,7 +795,10 @@ def lstm(
         c_n.append(cn)
         layer_input = y.reshape(T, B, D * P)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
+            if backend == "cpu":
+                layer_input = _dropout.dropout(layer_input, dropout)
+            else:
+                layer_input = F.dropout(layer_input, p=dropout, training=True)
     return layer_input, torch.cat(h_n), torch.cat(c_n)
 
 

@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "fastlstm/dropout_hash.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FASTLSTM_ATTN_HD __host__ __device__ __forceinline__
 #else
@@ -48,22 +50,17 @@ struct AttentionDropout {
   uint64_t seed = 0;
 };
 
-// Whether weight (bh, i, j) survives: a splitmix64 hash of the four,
-// compared with keep_threshold(p) (its top 32 bits uniform in [0, 2^32)).
+// Whether weight (bh, i, j) survives: the four combined, mixed by mix64 and
+// compared with dropout_keep_threshold(p) (dropout_hash.h).
 FASTLSTM_ATTN_HD bool attention_dropout_keep(uint64_t seed, int64_t bh, int64_t i, int64_t j, uint64_t threshold) {
   uint64_t x = seed + 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(bh + 1);
   x ^= static_cast<uint64_t>(i) * 0xbf58476d1ce4e5b9ull;
   x ^= static_cast<uint64_t>(j) * 0x94d049bb133111ebull + 0x632be59bd9b4e019ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return (x >> 32) < threshold;
+  return (mix64(x) >> 32) < threshold;
 }
 
 // The attention_dropout_keep threshold of a drop probability p in [0, 1).
-FASTLSTM_ATTN_HD uint64_t attention_dropout_threshold(double p) {
-  return static_cast<uint64_t>((1.0 - p) * 4294967296.0);
-}
+FASTLSTM_ATTN_HD uint64_t attention_dropout_threshold(double p) { return dropout_keep_threshold(p); }
 
 template <typename T>
 struct SparseAttentionFwdParams {
