@@ -504,9 +504,10 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
   const T* q = p.q + bh * Tq * D;
   const T* k = p.k + bh * Tk * D;
   const T* v = p.v + bh * Tk * Dv;
-  const T* o = p.out + bh * Tq * Dv;
+  int64_t ldo, lddo;
+  const T* o = head_rows(p.out, p.out_strides, bh, H, Tq, Dv, &ldo);
   const T* lse = p.lse + bh * Tq;
-  const T* dout = p.dout + bh * Tq * Dv;
+  const T* dout = head_rows(p.dout, p.dout_strides, bh, H, Tq, Dv, &lddo);
   T* dq = p.dq + bh * Tq * D;
   const uint8_t* pad = p.pattern.key_padding ? p.pattern.key_padding + b * Tk : nullptr;
   transpose_chunk(k, ch, D, D, kt);
@@ -518,7 +519,7 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
   for (int64_t i0 = ch.i0; i0 < ch.i0 + ch.rows; i0 += kRows) {
     const Block blk = make_block(p.pattern, i0, Tq, Tk);
     load_rows(q, i0, blk.rows, D, D, qt);
-    load_rows(dout, i0, blk.rows, Dv, Dv, dot);
+    load_rows(dout, i0, blk.rows, Dv, lddo, dot);
     tile_scores(blk, ch, qt, D, kt, ldt, s, lds);
     tile_scores(blk, ch, dot, Dv, vt, ldt, dp, lds);
     for (int r = 0; r < kRows; ++r) {
@@ -532,7 +533,7 @@ void generic_sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, int64_t 
       }
       // delta = dO . O = sum_c P dP, the softmax-backward correction.
       T delta = 0;
-      for (int64_t d = 0; d < Dv; ++d) delta += dout[(i0 + r) * Dv + d] * o[(i0 + r) * Dv + d];
+      for (int64_t d = 0; d < Dv; ++d) delta += dout[(i0 + r) * lddo + d] * o[(i0 + r) * ldo + d];
       row_exp(sr, blk.width, row_lse);
       if (p.dropout.p > 0) {
         dropout_row(blk, r, p.dropout, bh, sr, dr, delta);  // dS, and M P for dV

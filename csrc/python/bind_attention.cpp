@@ -112,19 +112,22 @@ template <typename T>
 SparseAttentionBwdParams<T> bwd_params(const Buf& q, const Buf& k, const Buf& v, const Buf& out, const Buf& lse,
                                        const Buf& dout, const Buf& key_padding, const Buf& dq, const Buf& dk,
                                        const Buf& dv, const AttnDims& d, double scale, int num_threads,
-                                       const char* fn) {
+                                       const char* fn, const Strides& out_st = {0, 0, 0},
+                                       const Strides& dout_st = {0, 0, 0}) {
   SparseAttentionBwdParams<T> p;
   set_dims(p, d, key_padding, scale, num_threads, fn);
   const int64_t nq = checked_mul({d.B, d.H, d.Tq, d.D}, fn, "q");
   const int64_t nk = checked_mul({d.B, d.H, d.Tk, d.D}, fn, "k");
   const int64_t nv = checked_mul({d.B, d.H, d.Tk, d.Dv}, fn, "v");
-  const int64_t no = checked_mul({d.B, d.H, d.Tq, d.Dv}, fn, "out");
   p.q = checked_ptr<const T>(q, nq, true, fn, "q");
   p.k = checked_ptr<const T>(k, nk, true, fn, "k");
   p.v = checked_ptr<const T>(v, nv, true, fn, "v");
-  p.out = checked_ptr<const T>(out, no, true, fn, "out");
+  p.out = checked_ptr<const T>(out, strided_extent(out_st, d.B, d.H, d.Tq, d.Dv, false, fn, "out"), true, fn, "out");
   p.lse = checked_ptr<const T>(lse, checked_mul({d.B, d.H, d.Tq}, fn, "lse"), true, fn, "lse");
-  p.dout = checked_ptr<const T>(dout, no, true, fn, "dout");
+  p.dout =
+      checked_ptr<const T>(dout, strided_extent(dout_st, d.B, d.H, d.Tq, d.Dv, false, fn, "dout"), true, fn, "dout");
+  p.out_strides = RowStrides{out_st[0], out_st[1], out_st[2]};
+  p.dout_strides = RowStrides{dout_st[0], dout_st[1], dout_st[2]};
   p.dq = checked_ptr<T>(dq, nq, true, fn, "dq");
   p.dk = checked_ptr<T>(dk, nk, true, fn, "dk");
   p.dv = checked_ptr<T>(dv, nv, true, fn, "dv");
@@ -180,27 +183,33 @@ void bind_attention(py::module_& m) {
       "sparse_attention_bwd",
       [](const std::string& dtype, Buf q, Buf k, Buf v, Buf out, Buf lse, Buf dout, Buf key_padding, Buf dq, Buf dk,
          Buf dv, int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, int64_t left, int64_t right,
-         int64_t global_tokens, double scale, int num_threads, double dropout_p, uint64_t seed) {
+         int64_t global_tokens, double scale, int num_threads, double dropout_p, uint64_t seed,
+         const Strides& out_strides, const Strides& dout_strides) {
         const char* fn = "sparse_attention_bwd";
         const AttnDims d{B, H, Tq, Tk, D, Dv, left, right, global_tokens};
         const AttentionDropout drop = checked_dropout(dropout_p, seed, fn);
         if (attn_is_float64(dtype, fn)) {
-          auto p = bwd_params<double>(q, k, v, out, lse, dout, key_padding, dq, dk, dv, d, scale, num_threads, fn);
+          auto p = bwd_params<double>(q, k, v, out, lse, dout, key_padding, dq, dk, dv, d, scale, num_threads, fn,
+                                      out_strides, dout_strides);
           p.dropout = drop;
           py::gil_scoped_release release;
           cpu::sparse_attention_bwd<double>(p);
         } else {
-          auto p = bwd_params<float>(q, k, v, out, lse, dout, key_padding, dq, dk, dv, d, scale, num_threads, fn);
+          auto p = bwd_params<float>(q, k, v, out, lse, dout, key_padding, dq, dk, dv, d, scale, num_threads, fn,
+                                     out_strides, dout_strides);
           p.dropout = drop;
           py::gil_scoped_release release;
           cpu::sparse_attention_bwd<float>(p);
         }
       },
-      "Sparse attention backward on CPU: writes dq, dk, dv.", py::arg("dtype"), py::arg("q"), py::arg("k"),
+      "Sparse attention backward on CPU: writes dq, dk, dv (dense). out and dout may have (batch, head, row) "
+      "strides (rows contiguous), e.g. the forward's output laid out (B, T, H, Dv).",
+      py::arg("dtype"), py::arg("q"), py::arg("k"),
       py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dout"), py::arg("key_padding"), py::arg("dq"),
       py::arg("dk"), py::arg("dv"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("k_len"),
       py::arg("head_dim"), py::arg("v_dim"), py::arg("left"), py::arg("right"), py::arg("global_tokens"),
-      py::arg("scale"), py::arg("num_threads") = 1, py::arg("dropout_p") = 0.0, py::arg("seed") = uint64_t{0});
+      py::arg("scale"), py::arg("num_threads") = 1, py::arg("dropout_p") = 0.0, py::arg("seed") = uint64_t{0},
+      py::arg("out_strides") = Strides{0, 0, 0}, py::arg("dout_strides") = Strides{0, 0, 0});
   m.def(
       "attention_dropout_mask",
       [](double dropout_p, uint64_t seed, Buf mask, int64_t BH, int64_t Tq, int64_t Tk) {

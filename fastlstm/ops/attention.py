@@ -74,10 +74,12 @@ def _row_strided(t: Tensor) -> tuple[Tensor, tuple[int, int], tuple[int, int, in
     return t, _ext.buf(t), _DENSE
 
 
-def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band: bool, dropout_p=0.0, seed=0):
+def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band: bool, dropout_p=0.0, seed=0,
+             bthd: bool = False):
     """Runs the forward kernel: (out, lse, band weights (B, H, Tq, left + right + 1) or None).
-    With ``band`` (CPU inference) the inputs may be strided and ``out`` is a
-    (B, H, Tq, Dv) view of (B, Tq, H, Dv) memory, ready for the out-projection."""
+    With ``band`` (CPU inference, weights too) or ``bthd`` (CPU) the inputs may
+    be strided and ``out`` is a (B, H, Tq, Dv) view of (B, Tq, H, Dv) memory,
+    ready for the out-projection without a copy."""
     # The raw ops check too: the kernel sees only element counts, so a float64
     # k or a float mask with the right count would otherwise be misread.
     _check_inputs(q, k, v, global_tokens, key_padding_mask)
@@ -85,15 +87,16 @@ def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band:
     pad = _padding_buf(key_padding_mask)
     lse = empty(B, H, Tq, like=q)
     buf = _ext.buf
-    if band:
+    if band or bthd:
         (q, bq, sq), (k, bk, sk), (v, bv, sv) = _row_strided(q), _row_strided(k), _row_strided(v)
         out = empty(B, Tq, H, Dv, like=q).transpose(1, 2)
-        weights = empty(B, H, Tq, left + right + 1, like=q)
+        weights = empty(B, H, Tq, left + right + 1, like=q) if band else None
         bo = (out.data_ptr(), out.numel())
         _ext._C.sparse_attention_fwd(
             _dtype_name(q), bq, bk, bv, buf(pad), bo, buf(lse), B, H, Tq, Tk, D, Dv, left, right, global_tokens,
-            scale, torch.get_num_threads(), band=buf(weights), q_strides=sq, k_strides=sk, v_strides=sv,
-            out_strides=tuple(out.stride()[:3]) if out.numel() else _DENSE,
+            scale, torch.get_num_threads(), band=buf(weights) if band else (0, 0), q_strides=sq, k_strides=sk,
+            v_strides=sv, out_strides=tuple(out.stride()[:3]) if out.numel() else _DENSE,
+            dropout_p=dropout_p, seed=seed,
         )
         return out, lse, weights
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -166,19 +169,25 @@ def _backward(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_pa
     for name, t, shape in (("out", out, (B, H, Tq, Dv)), ("lse", lse, (B, H, Tq)), ("dout", dout, (B, H, Tq, Dv))):
         if tuple(t.shape) != shape or t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"sparse_attention_backward: {name} must be {q.dtype} of shape {shape} on {q.device}")
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out, lse, dout = out.contiguous(), lse.contiguous(), dout.contiguous()
+    q, k, v, lse = q.contiguous(), k.contiguous(), v.contiguous(), lse.contiguous()
+    buf = _ext.buf
+    cuda = q.device.type == "cuda"
+    if cuda:
+        out, dout = out.contiguous(), dout.contiguous()
+        (bo, so), (bdo, sdo) = (buf(out), _DENSE), (buf(dout), _DENSE)
+    else:  # the CPU kernel reads out and dout in place when their rows are contiguous
+        (out, bo, so), (dout, bdo, sdo) = _row_strided(out), _row_strided(dout)
     pad = _padding_buf(key_padding_mask)
     dq = empty(B, H, Tq, D, like=q)
     dk = empty(B, H, Tk, D, like=q)
     dv = empty(B, H, Tk, Dv, like=q)
-    buf = _ext.buf
-    args = (_dtype_name(q), buf(q), buf(k), buf(v), buf(out), buf(lse), buf(dout), buf(pad),
+    args = (_dtype_name(q), buf(q), buf(k), buf(v), bo, buf(lse), bdo, buf(pad),
             buf(dq), buf(dk), buf(dv), B, H, Tq, Tk, D, Dv, left, right, global_tokens, scale)
-    if q.device.type == "cuda":
+    if cuda:
         _ext._C.sparse_attention_bwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
     else:
-        _ext._C.sparse_attention_bwd(*args, torch.get_num_threads(), dropout_p=dropout_p, seed=seed)
+        _ext._C.sparse_attention_bwd(*args, torch.get_num_threads(), dropout_p=dropout_p, seed=seed,
+                                     out_strides=so, dout_strides=sdo)
     return dq, dk, dv
 
 
@@ -232,15 +241,18 @@ def sparse_attention_dropout_op(
     dropped with probability ``dropout_p`` (kept ones scaled by 1 / (1 - p)), by a
     mask that is a pure function of ``seed`` and the weight's (batch * heads + head,
     query, key) (``_C.attention_dropout_mask`` materialises it). lse is that of
-    the weights before dropout."""
-    return _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, False, dropout_p, seed)[:2]
+    the weights before dropout. The output is laid out (B, Tq, H, Dv) in memory
+    (see :func:`sparse_attention_banded`): the out-projection reads it without a
+    copy, and its gradient reaches the backward kernel without one."""
+    return _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, False, dropout_p, seed,
+                    bthd=True)[:2]
 
 
 @sparse_attention_dropout_op.register_fake
 def _(q, k, v, left, right, global_tokens, scale, key_padding_mask, dropout_p, seed):
     _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
-    return q.new_empty(B, H, Tq, Dv), q.new_empty(B, H, Tq)
+    return q.new_empty(B, Tq, H, Dv).transpose(1, 2), q.new_empty(B, H, Tq)
 
 
 @torch.library.custom_op("fastlstm::sparse_attention_dropout_backward", mutates_args=(), device_types="cpu")

@@ -398,6 +398,35 @@ def test_dropout_matches_reference_with_the_kernels_mask(case):
 
 
 @needs_cpu
+def test_dropout_output_laid_out_for_the_out_projection_and_backward_reads_it_in_place():
+    B, H, T, D = 2, 3, 40, 8
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
+    out, lse = torch.ops.fastlstm.sparse_attention_dropout(q, k, v, 5, 5, 0, 0.3, None, 0.2, 77)
+    assert out.shape == (B, H, T, D) and out.transpose(1, 2).is_contiguous()  # (B, T, H, D) memory
+    dout = torch.randn(B, T, H, D).transpose(1, 2)  # the gradient an out-projection hands back
+    args = (q, k, v, 5, 5, 0, 0.3, None, 0.2, 77)
+    strided = torch.ops.fastlstm.sparse_attention_dropout_backward(q, k, v, out, lse, dout, *args[3:])
+    dense = torch.ops.fastlstm.sparse_attention_dropout_backward(
+        q, k, v, out.contiguous(), lse, dout.contiguous(), *args[3:])
+    assert all(torch.equal(a, b) for a, b in zip(strided, dense))
+    # The binding checks the strided reads' spans and signs.
+    d = [torch.empty(B, H, T, D) for _ in range(3)]
+    rows = (T * H * D, D, H * D)
+
+    def call(dout_buf=_ext.buf(dout), **strides):
+        _ext._C.sparse_attention_bwd("float32", _ext.buf(q), _ext.buf(k), _ext.buf(v), _ext.buf(out), _ext.buf(lse),
+                                     dout_buf, (0, 0), *map(_ext.buf, d), B, H, T, T, D, D, 5, 5, 0, 0.3, 1,
+                                     **strides)
+
+    call(out_strides=rows, dout_strides=rows)
+    with pytest.raises(ValueError, match="dout has"):
+        call(dout_buf=(dout.data_ptr(), dout.numel() - 1), out_strides=rows, dout_strides=rows)
+    with pytest.raises(ValueError, match=">= 0"):
+        call(out_strides=(0, -1, 4), dout_strides=rows)
+
+
+@needs_cpu
 def test_dropout_mask_independent_of_threads_and_checked():
     q = k = v = torch.randn(2, 2, 200, 16)
     runs = []

@@ -99,6 +99,7 @@ struct SparseAttentionBwdParams {
   T* dq = nullptr;  // (B, H, Tq, D)
   T* dk = nullptr;  // (B, H, Tk, D)
   T* dv = nullptr;  // (B, H, Tk, Dv)
+  RowStrides out_strides, dout_strides;  // CPU only (reads); q, k, v and the outputs are dense
   AttentionDropout dropout;  // CPU only: the forward's
   AttentionPattern pattern;
   T scale = 1;
