@@ -2,7 +2,7 @@
 and autograd; the backend that runs it is chosen in ``fastlstm._backends``."""
 
 from fastlstm.ops.attention import sparse_attention
-from fastlstm.ops.lstm import lstm, lstm_input_projection, lstm_recurrence, lstm_recurrence_backward
+from fastlstm.ops.lstm import empty_cache, lstm, lstm_input_projection, lstm_recurrence, lstm_recurrence_backward
 from fastlstm.ops import lstm_cuda  # noqa: E402,F401  (registers the "cuda" kernels of the LSTM ops)
 
-__all__ = ["lstm", "lstm_input_projection", "lstm_recurrence", "lstm_recurrence_backward", "sparse_attention"]
+__all__ = ["empty_cache", "lstm", "lstm_input_projection", "lstm_recurrence", "lstm_recurrence_backward", "sparse_attention"]

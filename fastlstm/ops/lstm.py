@@ -22,7 +22,7 @@ from torch.utils import _python_dispatch
 from fastlstm import _backends, _ext
 from fastlstm import reference as _reference
 from fastlstm.ops import dropout as _dropout
-from fastlstm.ops._alloc import empty
+from fastlstm.ops._alloc import empty, pooled_empty, release_pool
 
 # --------------------------------------------------------------------------
 # fastlstm::lstm_recurrence
@@ -251,8 +251,9 @@ def _recurrence_impl(
     y = empty(T, B, D, P, like=gx)
     hn = empty(D, B, P, like=gx)
     cn = empty(D, B, H, like=gx)
-    gates = empty(T, B, D, 4 * H, like=gx) if save_for_backward else gx.new_empty(0)
-    cells = empty(T, B, D, H, like=gx) if save_for_backward else gx.new_empty(0)
+    # Saved for backward and released after it: pooled (see pooled_empty).
+    gates = pooled_empty(T, B, D, 4 * H, like=gx) if save_for_backward else gx.new_empty(0)
+    cells = pooled_empty(T, B, D, H, like=gx) if save_for_backward else gx.new_empty(0)
     buf = _buf
     _ext._C.lstm_recurrence_fwd(
         _DTYPE_NAME.get(gx.dtype, str(gx.dtype)),
@@ -556,6 +557,18 @@ def _workspace(numel: int, like: Tensor, slot: str = "gx") -> Tensor:
         buf = torch.empty(numel, dtype=like.dtype)
         setattr(_WORKSPACE, slot, buf)
     return buf[:numel]
+
+
+def empty_cache() -> None:
+    """Frees the CPU buffers fastlstm keeps between calls: the pool of large
+    saved gate activations and the calling thread's workspaces (input gates,
+    gate gradients). They are allocated again on next use.
+
+    >>> fastlstm.ops.empty_cache()
+    """
+    for slot in list(vars(_WORKSPACE)):
+        delattr(_WORKSPACE, slot)
+    release_pool()
 
 
 def _recurrence(backend: str):
