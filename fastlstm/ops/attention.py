@@ -16,6 +16,7 @@ from torch import Tensor
 
 from fastlstm import _backends, _ext
 from fastlstm.ops._alloc import empty
+from fastlstm.ops.dropout import draw_seed
 from fastlstm.reference import attention as _reference
 from fastlstm.reference.attention import normalize_window
 
@@ -366,7 +367,7 @@ def sparse_attention(
             raise ValueError(f"sparse_attention: dropout_p must be in [0, 1); got {dropout_p!r}")
         if name != "cpu":
             raise NotImplementedError(f"sparse_attention: attention dropout runs on the cpu backend only, not {name!r}")
-        seed = int(torch.randint(0, 2**62, ()).item())
+        seed = draw_seed()
         return torch.ops.fastlstm.sparse_attention_dropout(
             q, k, v, left, right, global_tokens, scale, key_padding_mask, float(dropout_p), seed
         )

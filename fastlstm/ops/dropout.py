@@ -47,6 +47,12 @@ def _backward(ctx, dy):
 dropout_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def draw_seed() -> int:
+    """A seed for the counter-based dropout masks (this op's and the attention
+    kernels'), drawn from torch's default generator so torch.manual_seed fixes them."""
+    return int(torch.randint(0, 2**62, ()).item())
+
+
 def dropout(x: Tensor, p: float) -> Tensor:
     """Training-mode ``F.dropout(x, p)``: the fused kernel for CPU float
     tensors (its mask seeded from torch's default generator, so
@@ -58,5 +64,4 @@ def dropout(x: Tensor, p: float) -> Tensor:
     if (p <= 0 or p >= 1 or x.device.type != "cpu" or x.dtype not in _DTYPES or _ext._C is None
             or torch.compiler.is_compiling()):
         return F.dropout(x, p=p, training=True)
-    seed = int(torch.randint(0, 2**62, ()).item())
-    return dropout_op(x, float(p), seed)
+    return dropout_op(x, float(p), draw_seed())
