@@ -6,7 +6,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
+
+#include <emmintrin.h>
 
 #include "fastlstm/cpu_capability.h"
 #include "int8_lstm.h"
@@ -137,6 +140,9 @@ const SimdVariant* simd_variant() {
 constexpr int64_t kMinRows = 8;
 // Below this many multiply-adds per direction a call runs single-threaded.
 constexpr int64_t kMinParallelWork = int64_t{1} << 18;
+// One direction's W_hh (4H x P floats) of at least this many bytes is better
+// split across the cores' L2s (the unit-split team) than streamed by one core.
+constexpr int64_t kBigWeightsBytes = int64_t{1} << 20;
 
 struct Plan {
   int64_t D, B, chunks;
@@ -182,7 +188,7 @@ void run_task(void* ctx, int64_t task) {
 // batch plan.
 int team_size(const LstmRecurrenceFwdParams<float>& p, const Plan& plan, int threads, int width) {
   if (p.w_hr || p.proj != p.hidden || p.directions >= threads) return 1;
-  const bool big_weights = 16 * p.hidden * p.proj >= (int64_t{1} << 20);
+  const bool big_weights = 16 * p.hidden * p.proj >= kBigWeightsBytes;
   if (plan.tasks() >= threads && !(big_weights && p.batch <= 64)) return 1;
   const int64_t chunks = ((p.hidden + width - 1) / width + 1) / 2;  // 2 vector blocks per chunk
   return static_cast<int>(std::min<int64_t>(threads / p.directions, chunks));
@@ -311,27 +317,114 @@ void lstm_input_projection(const LstmInputProjParams& p) {
   team_tasks(p.directions * chunks, threads, run_proj_task, &job);
 }
 
+namespace {
+
+LstmInputProjParams layer_projection(const LstmStackFwdParams& p, int64_t l, const float* in, int64_t rows,
+                                     float* gx, int threads) {
+  const LstmStackLayer& layer = p.layers[l];
+  LstmInputProjParams proj;
+  proj.x = in, proj.w_packed = layer.w_ih_packed, proj.bias = layer.bias, proj.gx = gx;
+  proj.rows = rows, proj.directions = p.directions, proj.hidden = p.hidden, proj.input = layer.input;
+  proj.num_threads = threads;
+  return proj;
+}
+
+// Layer l's recurrence over `steps` steps of gx; the state is read from
+// h0/c0 and left in p.hn/p.cn of the layer.
+LstmRecurrenceFwdParams<float> layer_recurrence(const LstmStackFwdParams& p, int64_t l, const float* gx,
+                                                const float* h0, const float* c0, const int64_t* lengths,
+                                                float* y, int64_t steps, int threads) {
+  const int64_t D = p.directions, B = p.batch, H = p.hidden;
+  const LstmStackLayer& layer = p.layers[l];
+  LstmRecurrenceFwdParams<float> rec;
+  rec.gx = gx, rec.w_hh = layer.w_hh, rec.w_hh_packed = layer.w_hh_packed;
+  rec.h0 = h0, rec.c0 = c0, rec.lengths = lengths, rec.y = y;
+  rec.hn = p.hn + l * D * B * H, rec.cn = p.cn + l * D * B * H;
+  rec.seq_len = steps, rec.batch = B, rec.directions = D, rec.hidden = H, rec.proj = H;
+  rec.num_threads = threads;
+  return rec;
+}
+
+// Wavefront over stacked unidirectional layers: each layer is one task on its
+// own thread and walks the sequence in chunks of kWavefrontSteps steps
+// (projection of the chunk, then its recurrence, both single-threaded), so
+// layer l + 1 runs chunk c while layer l runs chunk c + 1. Every row and step
+// is computed by the same kernels as the layer-by-layer plan (the projection
+// and the recurrence do not depend on how rows or steps are split), so the
+// result is the same bit for bit. Middle layers write their output over
+// y_mid's chunk once they have projected it: the layer above reads that chunk
+// only after it is done, and the layer below finished it before.
+constexpr int64_t kWavefrontSteps = 16;
+
+}  // namespace
+
+// Used when the layer-by-layer plan leaves the threads short of work: one
+// direction, a batch too small to give every thread kMinRows rows, and a W_hh
+// small enough for one core's L2 (else the unit-split team is faster: at
+// B = 1, H = 512 it took 10 ms against the wavefront's 24).
+bool lstm_stack_uses_wavefront(const LstmStackFwdParams& p) {
+  return p.directions == 1 && p.num_layers >= 2 && p.num_threads >= 2 && p.seq_len > kWavefrontSteps &&
+         p.batch < kMinRows * p.num_threads && 16 * p.hidden * p.hidden < kBigWeightsBytes &&
+         p.seq_len * p.batch * p.hidden * p.hidden >= kMinParallelWork;
+}
+
+namespace {
+
+struct WavefrontJob {
+  const LstmStackFwdParams* p;
+  std::unique_ptr<std::atomic<int64_t>[]> done;  // chunks finished, per layer
+  std::vector<float> gx;                         // per layer: one chunk's input gates
+  std::vector<int64_t> lengths;                  // per layer: lengths relative to the chunk
+};
+
+void run_wavefront_layer(void* ctx, int64_t l) {
+  auto* job = static_cast<WavefrontJob*>(ctx);
+  const LstmStackFwdParams& p = *job->p;
+  const int64_t T = p.seq_len, B = p.batch, H = p.hidden, G = 4 * H, L = p.num_layers;
+  float* gx = job->gx.data() + l * kWavefrontSteps * B * G;
+  int64_t* lengths = p.lengths ? job->lengths.data() + l * B : nullptr;
+  for (int64_t c = 0, t0 = 0; t0 < T; ++c, t0 += kWavefrontSteps) {
+    const int64_t steps = std::min(kWavefrontSteps, T - t0);
+    if (l > 0)  // layer l - 1's chunk c is our input; spin, a chunk takes microseconds
+      for (int64_t spins = 0; job->done[l - 1].load(std::memory_order_acquire) <= c; ++spins) {
+        if (spins > 20000)
+          std::this_thread::yield();
+        else
+          _mm_pause();
+      }
+    const float* in = l == 0 ? p.x + t0 * B * p.layers[0].input : p.y_mid + t0 * B * H;
+    lstm_input_projection(layer_projection(p, l, in, steps * B, gx, 1));
+    for (int64_t b = 0; lengths && b < B; ++b) lengths[b] = std::clamp<int64_t>(p.lengths[b] - t0, 0, steps);
+    const float* h0 = t0 == 0 ? p.h0 + l * B * H : p.hn + l * B * H;
+    const float* c0 = t0 == 0 ? p.c0 + l * B * H : p.cn + l * B * H;
+    float* y = (l + 1 == L ? p.y : p.y_mid) + t0 * B * H;
+    lstm_recurrence_fwd<float>(layer_recurrence(p, l, gx, h0, c0, lengths, y, steps, 1));
+    job->done[l].store(c + 1, std::memory_order_release);
+  }
+}
+
+}  // namespace
+
 void lstm_stack_fwd(const LstmStackFwdParams& p) {
-  const int64_t T = p.seq_len, B = p.batch, D = p.directions, H = p.hidden;
+  const int64_t T = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, L = p.num_layers;
+  if (lstm_stack_uses_wavefront(p)) {
+    WavefrontJob job{&p, std::make_unique<std::atomic<int64_t>[]>(L),
+                     std::vector<float>(L * kWavefrontSteps * B * 4 * H),
+                     std::vector<int64_t>(p.lengths ? L * B : 0)};
+    for (int64_t l = 0; l < L; ++l) job.done[l].store(0);
+    // Tasks start in index order and layer l waits only for layer l - 1.
+    return team_tasks(L, p.num_threads, run_wavefront_layer, &job);
+  }
   const float* in = p.x;
-  for (int64_t l = 0; l < p.num_layers; ++l) {
-    const LstmStackLayer& layer = p.layers[l];
-    LstmInputProjParams proj;
-    proj.x = in, proj.w_packed = layer.w_ih_packed, proj.bias = layer.bias, proj.gx = p.gx;
-    proj.rows = T * B, proj.directions = D, proj.hidden = H, proj.input = layer.input;
-    proj.num_threads = p.num_threads;
-    lstm_input_projection(proj);
+  for (int64_t l = 0; l < L; ++l) {
+    lstm_input_projection(layer_projection(p, l, in, T * B, p.gx, p.num_threads));
     // The projection has read all of `in`, so a middle layer may write its
     // output over its input (both in y_mid).
-    LstmRecurrenceFwdParams<float> rec;
-    rec.gx = p.gx, rec.w_hh = layer.w_hh, rec.w_hh_packed = layer.w_hh_packed;
-    rec.h0 = p.h0 + l * D * B * H, rec.c0 = p.c0 + l * D * B * H, rec.lengths = p.lengths;
-    rec.y = l + 1 == p.num_layers ? p.y : p.y_mid;
-    rec.hn = p.hn + l * D * B * H, rec.cn = p.cn + l * D * B * H;
-    rec.seq_len = T, rec.batch = B, rec.directions = D, rec.hidden = H, rec.proj = H;
-    rec.num_threads = p.num_threads;
-    lstm_recurrence_fwd<float>(rec);
-    in = rec.y;
+    float* y = l + 1 == L ? p.y : p.y_mid;
+    const float* h0 = p.h0 + l * D * B * H;
+    const float* c0 = p.c0 + l * D * B * H;
+    lstm_recurrence_fwd<float>(layer_recurrence(p, l, p.gx, h0, c0, p.lengths, y, T, p.num_threads));
+    in = y;
   }
 }
 

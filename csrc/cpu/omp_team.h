@@ -19,8 +19,9 @@ namespace fastlstm {
 namespace cpu {
 
 // Runs fn(ctx, i) for i in [0, tasks) on up to `threads` threads (the caller is
-// one), handing tasks out dynamically, and returns when all are done. Tasks
-// must be independent and must not throw.
+// one), handing tasks out dynamically in index order, and returns when all are
+// done. A task may wait for a lower-numbered one, never for a higher one (as
+// in parallel_tasks); tasks must not throw.
 void team_tasks(int64_t tasks, int threads, void (*fn)(void* ctx, int64_t task), void* ctx);
 
 // Lambda form: fn(i).

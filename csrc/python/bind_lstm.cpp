@@ -192,6 +192,18 @@ void bind_lstm(py::module_& m) {
       "this again on the output gradient with the same seed.",
       py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("p"), py::arg("seed"),
       py::arg("num_threads") = 1);
+  m.def(
+      "lstm_stack_uses_wavefront",
+      [](int64_t seq_len, int64_t batch, int64_t directions, int64_t hidden, int64_t num_layers, int num_threads) {
+        LstmStackFwdParams p;
+        p.seq_len = seq_len, p.batch = batch, p.directions = directions, p.hidden = hidden;
+        p.num_layers = num_layers, p.num_threads = num_threads;
+        return cpu::lstm_stack_uses_wavefront(p);
+      },
+      "Whether lstm_stack_fwd runs these sizes as a wavefront over the layers (each layer on its own "
+      "thread, a chunk of steps behind the layer below) rather than layer after layer.",
+      py::arg("seq_len"), py::arg("batch"), py::arg("directions"), py::arg("hidden"), py::arg("num_layers"),
+      py::arg("num_threads"));
   m.def("lstm_stack_fwd", &stack_fwd,
         "fp32 inference through a stack of layers in one call (no projection, SIMD kernels): per layer "
         "the input projection then the recurrence. layers: per layer (w_ih_packed, bias, w_hh, "

@@ -451,9 +451,13 @@ STACK_CASES = {
     "uni-3-nobias": (5, 4, 3, 20, 3, False, False, None, True),
     "bi-lengths": (8, 5, 4, 37, 2, True, True, [8, 1, 5, 0, 8], True),
     # large enough that the unit-split team and the batch plan use both threads
-    "team": (40, 2, 8, 64, 2, False, True, [40, 9], False),
+    "team": (40, 2, 8, 256, 2, False, True, [40, 9], False),
     "batch": (12, 24, 8, 48, 2, True, True, None, False),
+    # the wavefront over the layers (chunks of 16 steps; T not a multiple of it)
+    "wavefront": (40, 2, 8, 64, 2, False, True, [40, 9], True),
+    "wavefront-3": (33, 3, 5, 64, 3, False, False, [33, 17, 16], True),
 }
+WAVEFRONT_CASES = {"wavefront", "wavefront-3"}
 
 
 def _stack_inputs(T, B, I, H, layers, bi, bias, lengths, hx):
@@ -467,13 +471,17 @@ def _stack_inputs(T, B, I, H, layers, bi, bias, lengths, hx):
 
 
 @needs_cpu
-@pytest.mark.parametrize("case", STACK_CASES.values(), ids=STACK_CASES.keys())
-def test_stack_inference_matches_per_layer_path_bitwise_and_reference(case, monkeypatch):
+@pytest.mark.parametrize("name", STACK_CASES.keys())
+def test_stack_inference_matches_per_layer_path_bitwise_and_reference(name, monkeypatch):
     """The one-call stack runs the same kernels as the per-layer path: same bits;
-    and parity with the float64 reference."""
+    and parity with the float64 reference. With 2 threads the unidirectional
+    cases named wavefront run as one (each layer a chunk behind the one below)."""
     import importlib
 
     ops = importlib.import_module("fastlstm.ops.lstm")
+    case = STACK_CASES[name]
+    T, B, _, H, layers, bi = case[:6]
+    assert _ext._C.lstm_stack_uses_wavefront(T, B, 2 if bi else 1, H, layers, 2) == (name in WAVEFRONT_CASES)
     torch.manual_seed(11)
     module, x, state, kwargs = _stack_inputs(*case)
     weights = list(module._flat_weights)
