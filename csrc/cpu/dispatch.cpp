@@ -6,16 +6,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
-
-#include <emmintrin.h>
 
 #include "fastlstm/cpu_capability.h"
 #include "int8_lstm.h"
 #include "lstm_recurrence.h"
 #include "omp_team.h"
 #include "sparse_attention.h"
+#include "thread_pool.h"
 
 namespace fastlstm {
 
@@ -385,13 +383,8 @@ void run_wavefront_layer(void* ctx, int64_t l) {
   int64_t* lengths = p.lengths ? job->lengths.data() + l * B : nullptr;
   for (int64_t c = 0, t0 = 0; t0 < T; ++c, t0 += kWavefrontSteps) {
     const int64_t steps = std::min(kWavefrontSteps, T - t0);
-    if (l > 0)  // layer l - 1's chunk c is our input; spin, a chunk takes microseconds
-      for (int64_t spins = 0; job->done[l - 1].load(std::memory_order_acquire) <= c; ++spins) {
-        if (spins > 20000)
-          std::this_thread::yield();
-        else
-          _mm_pause();
-      }
+    if (l > 0)  // layer l - 1's chunk c is our input (a chunk takes microseconds)
+      spin_then_yield_until([&] { return job->done[l - 1].load(std::memory_order_acquire) > c; });
     const float* in = l == 0 ? p.x + t0 * B * p.layers[0].input : p.y_mid + t0 * B * H;
     lstm_input_projection(layer_projection(p, l, in, steps * B, gx, 1));
     for (int64_t b = 0; lengths && b < B; ++b) lengths[b] = std::clamp<int64_t>(p.lengths[b] - t0, 0, steps);

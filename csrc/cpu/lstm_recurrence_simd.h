@@ -315,15 +315,11 @@ int64_t simd_team_scratch(int64_t B, int64_t H) {
 // Waits until every unit chunk of step s is done (the members' done counts add
 // up to (s + 1) * chunks). Spins: a chunk takes well under a microsecond.
 inline void team_wait_step(const TeamSync* sync, int size, int64_t target) {
-  for (int64_t spins = 0;; ++spins) {
+  spin_then_yield_until([&] {
     int64_t done = 0;
     for (int m = 0; m < size; ++m) done += sync[m].done.load(std::memory_order_acquire);
-    if (done >= target) return;
-    if (spins > 20000)
-      std::this_thread::yield();  // the holder of a chunk was most likely descheduled
-    else
-      _mm_pause();
-  }
+    return done >= target;
+  });
 }
 
 // Claims the next unchunked unit chunk of member m's home range at step s, or -1.

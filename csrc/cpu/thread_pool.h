@@ -5,6 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <thread>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#endif
 
 namespace fastlstm {
 namespace cpu {
@@ -16,6 +21,22 @@ namespace cpu {
 // Calls from several host threads at once are serialised; a call made from
 // inside a task runs its tasks inline.
 void parallel_tasks(int64_t tasks, int threads, void (*fn)(void* ctx, int64_t task), void* ctx);
+
+// Waits inside a task for done(), which another task makes true within
+// microseconds: spins, then yields on every try (the other task's thread was
+// most likely descheduled on a busy machine).
+template <class Pred>
+void spin_then_yield_until(Pred done) {
+  for (int64_t spins = 0; !done(); ++spins) {
+    if (spins > 20000) {
+      std::this_thread::yield();
+    } else {
+#if defined(__x86_64__) || defined(_M_X64)
+      _mm_pause();
+#endif
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace fastlstm
