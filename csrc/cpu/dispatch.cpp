@@ -303,8 +303,8 @@ void lstm_input_projection(const LstmInputProjParams& p) {
   const int64_t per_dir = std::max<int64_t>(1, (threads + p.directions - 1) / p.directions);
   const int64_t Hb = (p.hidden + v->width - 1) / v->width;
   const bool by_units = p.rows < 256 && Hb >= 2 * per_dir;
-  // Short k (input <= 24 KB of weights per block / (4 W floats)): row chunks
-  // covering every direction, so a task writes whole gx rows in order.
+  // Short k (a unit block's weights, input x 4 x W floats, <= 24 KB): row
+  // chunks covering every direction, so a task writes whole gx rows in order.
   if (!by_units && p.input * 4 * v->width <= 6144) {
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, p.rows / 32));
     ProjJob job{&p, v, chunks, false, true};
