@@ -212,17 +212,21 @@ void fwd_tail_dispatch(int64_t rem, const LstmRecurrenceFwdParams<float>& p, con
 }
 
 // Gates and cell update of unit blocks [j0, j1) for the active rows
-// act[0..n) at time t. Unit blocks are the outer loop so one block's weights
-// stay in L1/L2 while every row group uses them.
+// act[0..n) at time t. Unit blocks (in pairs, the tail's unit) are the outer
+// loop so a pair's weights stay in L1/L2 while every row group, the tail
+// included, uses them: a tail pass over all blocks after the full groups
+// re-streamed W_hh from L3 (1 thread, B = 32, H = 512: 83 ms vs 63 at B = 30).
 template <class A>
 void fwd_gates(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* act,
                int64_t n, const FwdState& st, int64_t j0, int64_t j1) {
   constexpr int R = fwd_rows<A>();
   const int64_t full = n / R * R;
-  if (full > 0)
-    for (int64_t j = j0; j < j1; ++j)
+  for (int64_t jp = j0; jp < j1; jp += 2) {
+    const int64_t jp1 = std::min(j1, jp + 2);
+    for (int64_t j = jp; j < jp1; ++j)
       for (int64_t g = 0; g < full; g += R) fwd_group<A, R, 1>(p, wf, d, t, act + g, st, j);
-  fwd_tail_dispatch<A, R - 1>(n - full, p, wf, d, t, act + full, st, j0, j1);
+    fwd_tail_dispatch<A, R - 1>(n - full, p, wf, d, t, act + full, st, jp, jp1);
+  }
 }
 
 // One time step of the active rows act[0..n).
