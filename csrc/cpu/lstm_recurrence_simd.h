@@ -503,34 +503,39 @@ inline void bwd_group(const LstmRecurrenceBwdParams<float>& p, const float* wb, 
 
 template <class A, int N>
 void bwd_tail(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t, const int64_t* rows,
-              int64_t b0, int64_t Pb, float* dhs) {
+              int64_t b0, int64_t kb0, int64_t kb1, float* dhs) {
   constexpr int KB = N == 1 ? 8 : (N == 2 ? 4 : 2);
-  int64_t kb = 0;
-  for (; kb + KB <= Pb; kb += KB) bwd_group<A, N, KB>(p, wb, d, t, rows, b0, kb, dhs);
-  for (; kb < Pb; ++kb) bwd_group<A, N, 1>(p, wb, d, t, rows, b0, kb, dhs);
+  int64_t kb = kb0;
+  for (; kb + KB <= kb1; kb += KB) bwd_group<A, N, KB>(p, wb, d, t, rows, b0, kb, dhs);
+  for (; kb < kb1; ++kb) bwd_group<A, N, 1>(p, wb, d, t, rows, b0, kb, dhs);
 }
 
-// dh_{t-1} of the active rows, column blocks outer so their weights are
-// reused by every row group while cached.
+// dh_{t-1} of the active rows. Column blocks, 8 at a time, are the outer
+// loop so their weights are reused by every row group, the tail's included,
+// while cached.
 template <class A>
 void bwd_step_matvec(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t,
                      const int64_t* act, int64_t n, int64_t b0, float* dhs) {
   const int64_t Pb = round_up(p.proj, A::W) / A::W;
   constexpr int R = A::kMaxRows;
   constexpr int KB = R >= 4 ? 4 : 2;
+  constexpr int64_t kPass = 8;  // column blocks per pass, a multiple of every KB
   const int64_t full = n / R * R;
-  if (full > 0) {
-    int64_t kb = 0;
-    for (; kb + KB <= Pb; kb += KB)
-      for (int64_t g = 0; g < full; g += R) bwd_group<A, R, KB>(p, wb, d, t, act + g, b0, kb, dhs);
-    for (; kb < Pb; ++kb)
-      for (int64_t g = 0; g < full; g += R) bwd_group<A, R, 1>(p, wb, d, t, act + g, b0, kb, dhs);
-  }
-  switch (n - full) {
-    case 1: bwd_tail<A, 1>(p, wb, d, t, act + full, b0, Pb, dhs); break;
-    case 2: if constexpr (R > 2) bwd_tail<A, 2>(p, wb, d, t, act + full, b0, Pb, dhs); break;
-    case 3: if constexpr (R > 3) bwd_tail<A, 3>(p, wb, d, t, act + full, b0, Pb, dhs); break;
-    default: break;
+  for (int64_t c0 = 0; c0 < Pb; c0 += kPass) {
+    const int64_t c1 = std::min(Pb, c0 + kPass);
+    if (full > 0) {
+      int64_t kb = c0;
+      for (; kb + KB <= c1; kb += KB)
+        for (int64_t g = 0; g < full; g += R) bwd_group<A, R, KB>(p, wb, d, t, act + g, b0, kb, dhs);
+      for (; kb < c1; ++kb)
+        for (int64_t g = 0; g < full; g += R) bwd_group<A, R, 1>(p, wb, d, t, act + g, b0, kb, dhs);
+    }
+    switch (n - full) {
+      case 1: bwd_tail<A, 1>(p, wb, d, t, act + full, b0, c0, c1, dhs); break;
+      case 2: if constexpr (R > 2) bwd_tail<A, 2>(p, wb, d, t, act + full, b0, c0, c1, dhs); break;
+      case 3: if constexpr (R > 3) bwd_tail<A, 3>(p, wb, d, t, act + full, b0, c0, c1, dhs); break;
+      default: break;
+    }
   }
 }
 
