@@ -25,6 +25,9 @@ CASES = {
     # tail row groups, lengths, a projection wider than one vector.
     "awkward-lengths": (9, 7, 2, 37, 37, [9, 3, 0, 9, 5, 1, 8]),
     "proj-wide": (5, 6, 2, 20, 17, None),
+    # more unit / column blocks (9) than one pass of the row tail (2 in the
+    # forward, 8 in the backward), with tail rows in both (7 = 6 + 1 = 4 + 3)
+    "wide-tail": (2, 7, 1, 130, 130, [2, 1, 2, 2, 1, 2, 2]),
 }
 
 
