@@ -41,6 +41,12 @@ def cpu_capability() -> str:
     return _C.cpu_capability() if _C is not None else "scalar"
 
 
+def dtype_name(dtype) -> str:
+    """The dtype argument of the ``_C`` entry points for a torch dtype
+    ("float32", "float64", ...); a kernel rejects the names it has no variant for."""
+    return str(dtype).removeprefix("torch.")
+
+
 def buf(tensor) -> tuple[int, int]:
     """``(address, numel)`` of a dense tensor or array, or ``(0, 0)`` for None."""
     if tensor is None:

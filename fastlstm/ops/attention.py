@@ -25,10 +25,6 @@ from fastlstm.reference.attention import normalize_window
 # --------------------------------------------------------------------------
 
 
-def _dtype_name(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
 def _padding_buf(key_padding_mask: Tensor | None) -> Tensor | None:
     # torch.bool is one byte per element with 0/1 values: the kernels read it as uint8.
     return None if key_padding_mask is None else key_padding_mask.contiguous()
@@ -94,15 +90,15 @@ def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band:
         weights = empty(B, H, Tq, left + right + 1, like=q) if band else None
         bo = (out.data_ptr(), out.numel())
         _ext._C.sparse_attention_fwd(
-            _dtype_name(q), bq, bk, bv, buf(pad), bo, buf(lse), B, H, Tq, Tk, D, Dv, left, right, global_tokens,
-            scale, torch.get_num_threads(), band=buf(weights) if band else (0, 0), q_strides=sq, k_strides=sk,
+            _ext.dtype_name(q.dtype), bq, bk, bv, buf(pad), bo, buf(lse), B, H, Tq, Tk, D, Dv, left, right,
+            global_tokens, scale, torch.get_num_threads(), band=buf(weights) if band else (0, 0), q_strides=sq, k_strides=sk,
             v_strides=sv, out_strides=tuple(out.stride()[:3]) if out.numel() else _DENSE,
             dropout_p=dropout_p, seed=seed,
         )
         return out, lse, weights
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = empty(B, H, Tq, Dv, like=q)
-    args = (_dtype_name(q), buf(q), buf(k), buf(v), buf(pad), buf(out), buf(lse),
+    args = (_ext.dtype_name(q.dtype), buf(q), buf(k), buf(v), buf(pad), buf(out), buf(lse),
             B, H, Tq, Tk, D, Dv, left, right, global_tokens, scale)
     if q.device.type == "cuda":
         _ext._C.sparse_attention_fwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)
@@ -182,7 +178,7 @@ def _backward(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_pa
     dq = empty(B, H, Tq, D, like=q)
     dk = empty(B, H, Tk, D, like=q)
     dv = empty(B, H, Tk, Dv, like=q)
-    args = (_dtype_name(q), buf(q), buf(k), buf(v), bo, buf(lse), bdo, buf(pad),
+    args = (_ext.dtype_name(q.dtype), buf(q), buf(k), buf(v), bo, buf(lse), bdo, buf(pad),
             buf(dq), buf(dk), buf(dv), B, H, Tq, Tk, D, Dv, left, right, global_tokens, scale)
     if cuda:
         _ext._C.sparse_attention_bwd_cuda(*args, torch.cuda.current_stream(q.device).cuda_stream)

@@ -15,17 +15,17 @@ from torch import Tensor
 from fastlstm import _ext
 from fastlstm.ops._alloc import empty
 
-_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 @torch.library.custom_op("fastlstm::dropout", mutates_args=(), device_types="cpu")
 def dropout_op(x: Tensor, p: float, seed: int) -> Tensor:
     """x / (1 - p) where element i (row-major) survives under ``seed``, else 0."""
-    if x.dtype not in _DTYPES:
+    if x.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"fastlstm::dropout: x must be float32 or float64, got {x.dtype}")
     x = x.contiguous()
     y = empty(*x.shape, like=x)
-    _ext._C.dropout(_DTYPES[x.dtype], (x.data_ptr(), x.numel()), (y.data_ptr(), y.numel()), x.numel(), p, seed,
+    _ext._C.dropout(_ext.dtype_name(x.dtype), (x.data_ptr(), x.numel()), (y.data_ptr(), y.numel()), x.numel(), p, seed,
                     torch.get_num_threads())
     return y
 
@@ -61,7 +61,7 @@ def dropout(x: Tensor, p: float) -> Tensor:
 
     >>> y = dropout(torch.randn(288, 64, 256), 0.2)
     """
-    if (p <= 0 or p >= 1 or x.device.type != "cpu" or x.dtype not in _DTYPES or _ext._C is None
+    if (p <= 0 or p >= 1 or x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or _ext._C is None
             or torch.compiler.is_compiling()):
         return F.dropout(x, p=p, training=True)
     return dropout_op(x, float(p), draw_seed())

@@ -29,7 +29,6 @@ from fastlstm.ops._alloc import empty, pooled_empty, release_pool
 # --------------------------------------------------------------------------
 
 
-_DTYPE_NAME = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def _buf(t: Tensor | None) -> tuple[int, int]:
@@ -256,7 +255,7 @@ def _recurrence_impl(
     cells = pooled_empty(T, B, D, H, like=gx) if save_for_backward else gx.new_empty(0)
     buf = _buf
     _ext._C.lstm_recurrence_fwd(
-        _DTYPE_NAME.get(gx.dtype, str(gx.dtype)),
+        _ext.dtype_name(gx.dtype),
         buf(gx), buf(w_hh), buf(w_hr), buf(h0), buf(c0), buf(lengths),
         buf(y), buf(hn), buf(cn),
         buf(gates) if save_for_backward else (0, 0),
@@ -316,7 +315,7 @@ def _recurrence_backward_impl(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, length
     dhproj = empty(T, B, D, P, like=dy) if w_hr is not None else dy.new_empty(0)
     buf = _buf
     _ext._C.lstm_recurrence_bwd(
-        _DTYPE_NAME.get(dy.dtype, str(dy.dtype)),
+        _ext.dtype_name(dy.dtype),
         buf(dy), buf(dhn), buf(dcn), buf(w_hh), buf(w_hr), buf(c0), buf(gates), buf(cells),
         buf(lengths), buf(dgates), buf(dh0), buf(dc0), buf(dhproj) if w_hr is not None else (0, 0),
         T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)),

@@ -40,10 +40,6 @@ def _launch_mode() -> int:
     return _MODES[name]
 
 
-def _dtype_name(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
 def _device_lengths(lengths: Tensor | None, T: int, B: int, device: torch.device) -> Tensor | None:
     if lengths is None:
         return None
@@ -102,7 +98,7 @@ def lstm_recurrence_cuda(gx, w_hh, w_hr, h0, c0, lengths, save_for_backward):
     with torch.cuda.device(gx.device):
         work = _workspace(False, B, D, H, gx)
         _ext._C.cuda_lstm_recurrence_fwd(
-            _dtype_name(gx), buf(gx), buf(w_hh), buf(h0), buf(c0), buf(dev_lengths), buf(y), buf(hn), buf(cn),
+            _ext.dtype_name(gx.dtype), buf(gx), buf(w_hh), buf(h0), buf(c0), buf(dev_lengths), buf(y), buf(hn), buf(cn),
             buf(gates) if save_for_backward else (0, 0), buf(cells) if save_for_backward else (0, 0),
             buf(work), T, B, D, H, torch.cuda.current_stream(gx.device).cuda_stream, _launch_mode(),
         )
@@ -133,7 +129,7 @@ def lstm_recurrence_backward_cuda(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, le
     with torch.cuda.device(dy.device):
         work = _workspace(True, B, D, H, dy)
         _ext._C.cuda_lstm_recurrence_bwd(
-            _dtype_name(dy), buf(dy), buf(dhn), buf(dcn), buf(w_hh_t), buf(c0), buf(gates), buf(cells),
+            _ext.dtype_name(dy.dtype), buf(dy), buf(dhn), buf(dcn), buf(w_hh_t), buf(c0), buf(gates), buf(cells),
             buf(dev_lengths), buf(dgates), buf(dh0), buf(dc0), buf(work), T, B, D, H,
             torch.cuda.current_stream(dy.device).cuda_stream, _launch_mode(),
         )
