@@ -91,8 +91,8 @@ def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band:
         bo = (out.data_ptr(), out.numel())
         _ext._C.sparse_attention_fwd(
             _ext.dtype_name(q.dtype), bq, bk, bv, buf(pad), bo, buf(lse), B, H, Tq, Tk, D, Dv, left, right,
-            global_tokens, scale, torch.get_num_threads(), band=buf(weights) if band else (0, 0), q_strides=sq, k_strides=sk,
-            v_strides=sv, out_strides=tuple(out.stride()[:3]) if out.numel() else _DENSE,
+            global_tokens, scale, torch.get_num_threads(), band=buf(weights) if band else (0, 0), q_strides=sq,
+            k_strides=sk, v_strides=sv, out_strides=tuple(out.stride()[:3]) if out.numel() else _DENSE,
             dropout_p=dropout_p, seed=seed,
         )
         return out, lse, weights
