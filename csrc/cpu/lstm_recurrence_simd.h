@@ -221,6 +221,7 @@ void fwd_gates(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t
                int64_t n, const FwdState& st, int64_t j0, int64_t j1) {
   constexpr int R = fwd_rows<A>();
   const int64_t full = n / R * R;
+  if (full == 0) return fwd_tail_dispatch<A, R - 1>(n, p, wf, d, t, act, st, j0, j1);  // small batch: one pass
   for (int64_t jp = j0; jp < j1; jp += 2) {
     const int64_t jp1 = std::min(j1, jp + 2);
     for (int64_t j = jp; j < jp1; ++j)
