@@ -214,8 +214,9 @@ void fwd_tail_dispatch(int64_t rem, const LstmRecurrenceFwdParams<float>& p, con
 // Gates and cell update of unit blocks [j0, j1) for the active rows
 // act[0..n) at time t. Unit blocks, in pairs (the tail takes two per pass),
 // are the outer loop so a pair's weights stay in L1/L2 while every row
-// group, the tail included, uses them: a tail pass over all blocks after the full groups
-// re-streamed W_hh from L3 (1 thread, B = 32, H = 512: 83 ms vs 63 at B = 30).
+// group, the tail included, uses them: a tail pass over all blocks after the
+// full groups re-streamed W_hh from L3 (1 thread, B = 32, H = 512: 83 ms vs
+// 63 at B = 30).
 template <class A>
 void fwd_gates(const LstmRecurrenceFwdParams<float>& p, const float* wf, int64_t d, int64_t t, const int64_t* act,
                int64_t n, const FwdState& st, int64_t j0, int64_t j1) {
