@@ -288,12 +288,13 @@ def test_input_projection_matches_torch(shape, dtype):
 
 @needs_cpu
 @pytest.mark.parametrize(
-    "shape", [(64, 200, 1, 72), (611, 24, 2, 20), (500, 200, 2, 20)], ids=["by-units", "short-k", "k-chunks"]
+    "shape", [(64, 200, 1, 72), (611, 24, 2, 20), (500, 200, 2, 20)], ids=["by-units", "short-k", "row-tiles"]
 )
 def test_input_projection_parallel_plans_match_torch_and_each_other(shape):
     """Large enough to use the threads: few rows split the unit blocks, short
-    inputs write whole rows of every direction, long inputs sum k in chunks.
-    Every plan gives the same bits for any thread count."""
+    inputs write whole rows of every direction, long inputs run in row tiles
+    (kProjTileRows, the last one partial). Every plan gives the same bits for
+    any thread count."""
     torch.manual_seed(4)
     N, I, D, H = shape
     x, w, b = torch.randn(N, I), torch.randn(D * 4 * H, I), torch.randn(D * 4 * H)
