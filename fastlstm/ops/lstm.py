@@ -79,9 +79,10 @@ class _Lru:
 
 
 # Packed recurrent weights for the SIMD kernels, cached against the weight
-# tensor's storage address, version counter, shape and the active CPU level.
-# An entry keeps its weight tensor alive, so no other tensor can take that
-# address while the entry exists; in-place updates bump the version.
+# tensor's storage address, shape, strides and the active CPU level; an entry
+# remembers the version it was packed at and is repacked in place of the old
+# one when the tensor changes. An entry keeps its weight tensor alive, so no
+# other tensor can take that address while the entry exists.
 _PACK_CACHE = _Lru(64)
 
 
@@ -92,43 +93,46 @@ def _packed(w: Tensor, D: int, H: int, P: int, forward_only: bool = False) -> Te
         return None
     capability = _ext._C.cpu_capability()
     try:
-        key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), capability, forward_only)
+        key, version = (w.data_ptr(), tuple(w.shape), w.stride(), capability, forward_only), w._version
     except RuntimeError:  # inference tensors have no version counter: pack, don't cache
         key = None
     if key is not None:
         hit = _PACK_CACHE.get(key)
-        if hit is not None:
-            return hit[1]
+        if hit is not None and hit[0] == version:
+            return hit[2]
     n = _ext._C.lstm_packed_weights_size("float32", D, H, P, forward_only)
     if n == 0:
         return None
     packed = torch.empty(n, dtype=torch.float32)
     _ext._C.lstm_pack_weights("float32", _buf(w.contiguous()), _buf(packed), D, H, P, forward_only)
     if key is not None:
-        _PACK_CACHE.put(key, (w.detach(), packed))
+        _PACK_CACHE.put(key, (version, w.detach(), packed))
     return packed
 
 
 def _prime_packed(w: Tensor, sources: list[Tensor], D: int, H: int, P: int, forward_only: bool) -> None:
-    """Training builds the stacked ``w`` afresh every call (it must stay in the
-    autograd graph); its packed form is cached against the source parameters
-    instead, and registered under ``w`` so the ops find it without repacking."""
+    """Training through lstm_recurrence builds the stacked ``w`` afresh every
+    call (it must stay in the autograd graph); its packed form is cached
+    against the source parameters instead, and registered under ``w`` so the
+    ops find it without repacking."""
     if w.dtype != torch.float32 or _ext._C is None or torch.compiler.is_compiling() or type(w) is not Tensor:
         return
     try:
-        src_key = ("sources", _ext._C.cpu_capability(), forward_only, tuple(w.shape)) + tuple(
-            (t.data_ptr(), t._version, t.stride()) for t in sources
+        capability = _ext._C.cpu_capability()
+        src_key = ("sources", capability, forward_only, tuple(w.shape)) + tuple(
+            (t.data_ptr(), t.stride()) for t in sources
         )
-        w_key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), src_key[1], forward_only)
+        src_versions = tuple(t._version for t in sources)
+        w_key = (w.data_ptr(), tuple(w.shape), w.stride(), capability, forward_only)
     except RuntimeError:
         return
     hit = _PACK_CACHE.get(src_key)
-    if hit is None:
+    if hit is None or hit[0] != src_versions:
         packed = _packed(w.detach(), D, H, P, forward_only)
         if packed is not None:
-            _PACK_CACHE.put(src_key, ([t.detach() for t in sources], packed))
+            _PACK_CACHE.put(src_key, (src_versions, [t.detach() for t in sources], packed))
     else:
-        _PACK_CACHE.put(w_key, (w.detach(), hit[1]))
+        _PACK_CACHE.put(w_key, (w._version, w.detach(), hit[2]))
 
 
 def _input_projection_impl(x: Tensor, w_ih: Tensor, bias: Tensor | None, directions: int) -> Tensor:
@@ -423,16 +427,45 @@ lstm_recurrence.register_autograd(_backward, setup_context=_setup_context)
 # dx, dW_ih, the bias gradient and dW_hh as GEMMs over all steps.
 
 
+# A layer's weights as the kernels take them, per set of parameters (see
+# _layer_parts). Keyed like _PACK_CACHE, with the parameters' versions kept
+# in the entry.
+_LAYER_CACHE = _Lru(32)
+
+
 def _layer_parts(weights: list[Tensor], has_bias: bool):
     """(w_ih (D*4H, I), fused bias or None, w_hh (D, 4H, H)) built from one layer's
-    per-direction parameters (no autograd). Built afresh each call, as training
-    changes the weights every step; only their packed form is cached, against
-    the parameters' versions."""
+    per-direction parameters (no autograd). Forward and backward of a training
+    step share one build; when an optimizer step has changed the parameters,
+    the build is refreshed in place, so its packed forms are replaced in
+    _PACK_CACHE rather than added beside stale ones."""
     per_dir = 4 if has_bias else 2
+    key = None
+    # Only fp32 packs its weights, and those are cached by version anyway;
+    # other dtypes rebuild, so in-place edits that bypass the version counter
+    # (gradcheck's perturbations) are always seen there.
+    if weights[0].dtype == torch.float32:
+        try:
+            key = (has_bias,) + tuple((w.data_ptr(), tuple(w.shape), w.stride()) for w in weights)
+            versions = tuple(w._version for w in weights)
+        except RuntimeError:  # inference tensors carry no version counter
+            key = None
+    hit = _LAYER_CACHE.get(key) if key is not None else None
+    if hit is not None and hit[0] == versions:
+        return hit[2]
     with torch.no_grad():
-        built = _layer_weights(weights, 1, len(weights) // per_dir, per_dir, has_bias, 0, prime=True)
-    w_ih, bias, w_hh, _ = built[0]
-    return w_ih, bias, w_hh
+        built = _layer_weights(weights, 1, len(weights) // per_dir, per_dir, has_bias, 0)[0]
+        built = tuple(None if t is None else t.contiguous() for t in built[:3])
+        if hit is not None:
+            # Copy into the old build, except where a part is a parameter
+            # itself (one direction): that one is already current.
+            for old, new in zip(hit[2], built):
+                if old is not None and old.data_ptr() != new.data_ptr():
+                    old.copy_(new)
+            built = hit[2]
+    if key is not None:
+        _LAYER_CACHE.put(key, (versions, [w.detach() for w in weights], built))
+    return built
 
 
 def _check_layer_args(x, weights, h0, c0, lengths, has_bias) -> int:
@@ -559,14 +592,20 @@ def _workspace(numel: int, like: Tensor, slot: str = "gx") -> Tensor:
 
 def empty_cache() -> None:
     """Frees the CPU buffers fastlstm keeps between calls: the pool of large
-    saved gate activations and the calling thread's workspaces (input gates,
-    gate gradients). They are allocated again on next use.
+    saved gate activations, the calling thread's workspaces (input gates,
+    gate gradients) and the packed and concatenated weights. They are built
+    again on next use. The weight caches notice changes through the
+    parameters' version counters (optimizer steps, in-place ops,
+    load_state_dict); after editing weights through ``.data``, which
+    bypasses them, call this.
 
     >>> fastlstm.ops.empty_cache()
     """
     for slot in list(vars(_WORKSPACE)):
         delattr(_WORKSPACE, slot)
     release_pool()
+    for cache in (_PACK_CACHE, _LAYER_CACHE, _WEIGHT_CACHE, _PLAN_CACHE):
+        cache.clear()
 
 
 def _recurrence(backend: str):

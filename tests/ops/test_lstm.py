@@ -555,6 +555,53 @@ def test_stack_inference_used_by_the_module_and_follows_weight_updates():
 
 
 @needs_cpu
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_training_weights_follow_optimizer_steps_without_piling_up(bidirectional):
+    """Training reuses one build of a layer's weights per version of its
+    parameters: after each in-place update the step matches torch.nn.LSTM,
+    and the caches hold as many entries as after the first step."""
+    import importlib
+
+    ops = importlib.import_module("fastlstm.ops.lstm")
+    torch.manual_seed(6)
+    module = fastlstm.LSTM(5, 8, num_layers=2, bidirectional=bidirectional, backend="cpu")
+    peer = torch.nn.LSTM(5, 8, num_layers=2, bidirectional=bidirectional)
+    x = torch.randn(6, 3, 5)
+    ops.empty_cache()
+    sizes = None
+    for _ in range(3):
+        peer.load_state_dict(module.state_dict())
+        out, peer_out = module(x)[0], peer(x)[0]
+        out.sum().backward()
+        peer_out.sum().backward()
+        assert_parity(out.detach(), peer_out.detach(), torch.float32, name="y")
+        for name, p in module.named_parameters():
+            torch.testing.assert_close(p.grad, peer.get_parameter(name).grad, rtol=1e-4, atol=1e-5)
+        if sizes is None:
+            sizes = (len(ops._PACK_CACHE), len(ops._LAYER_CACHE))
+        assert (len(ops._PACK_CACHE), len(ops._LAYER_CACHE)) == sizes
+        with torch.no_grad():  # an optimizer step: in place, versions move
+            for p in module.parameters():
+                p.sub_(0.1 * p.grad)
+                p.grad = None
+        peer.zero_grad()
+
+
+@needs_cpu
+def test_empty_cache_makes_edits_through_data_visible():
+    """Edits through .data bypass the version counters the weight caches
+    key on; empty_cache() is the documented remedy."""
+    torch.manual_seed(7)
+    module = fastlstm.LSTM(5, 8, bidirectional=True, backend="cpu")
+    x = torch.randn(4, 2, 5)
+    module(x)[0].sum().backward()
+    module.weight_hh_l0.data.mul_(0.5)
+    fastlstm.ops.empty_cache()
+    ref = reference.lstm(x, None, list(module._flat_weights), num_layers=1, bidirectional=True)[0]
+    assert_parity(module(x)[0].detach(), ref.detach(), torch.float32, name="y")
+
+
+@needs_cpu
 def test_stack_buffers_checked_by_binding():
     if _ext._C.lstm_packed_weights_size("float32", 1, 8, 8) == 0:
         pytest.skip("the active kernel reads w_hh directly (scalar level)")
