@@ -88,7 +88,6 @@ void generic_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p, T* scratch) {
   else std::memset(p.dh0, 0, sizeof(T) * D * B * P);
   if (p.dcn) std::memcpy(p.dc0, p.dcn, sizeof(T) * D * B * H);
   else std::memset(p.dc0, 0, sizeof(T) * D * B * H);
-  if (p.dbias_rows) std::memset(p.dbias_rows, 0, sizeof(T) * D * B * G);
   for (int64_t d = 0; d < D; ++d) {
     const T* whh = p.w_hh + d * G * P;
     const T* whr = p.w_hr ? p.w_hr + d * P * H : nullptr;
@@ -127,10 +126,6 @@ void generic_recurrence_bwd(const LstmRecurrenceBwdParams<T>& p, T* scratch) {
         for (int64_t j = 0; j < H; ++j) {
           dc[j] = cell::backward_unit(gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j], cs[j], cprev[j],
                                       dhpre[j], dc[j], &dg[j], &dg[H + j], &dg[2 * H + j], &dg[3 * H + j]);
-        }
-        if (p.dbias_rows) {
-          T* db = p.dbias_rows + (d * B + b) * G;
-          for (int64_t r = 0; r < G; ++r) db[r] += dg[r];
         }
         for (int64_t k = 0; k < P; ++k) dh[k] = 0;
         for (int64_t r = 0; r < G; ++r) {

@@ -493,7 +493,6 @@ void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int
   const float* gs = p.gates + row * G;
   const float* cs = p.cells + row * H;
   float* dg = p.dgates + row * G;
-  float* db = p.dbias_rows ? p.dbias_rows + (d * B + b) * G : nullptr;
   const V one = A::set1(1.f);
   for (int64_t u0 = 0; u0 < Hp; u0 += A::W) {
     const int n = static_cast<int>(std::min<int64_t>(A::W, H - u0));
@@ -503,19 +502,11 @@ void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int
     const V dhv = A::load(dhpre + u0), dcv = A::load(dcrow + u0);
     const V tc = A::tanh(c);
     const V dct = A::fma(A::mul(dhv, o), A::sub(one, A::mul(tc, tc)), dcv);
-    const V dgi = A::mul(A::mul(dct, g), A::mul(i, A::sub(one, i)));
-    const V dgf = A::mul(A::mul(dct, cp), A::mul(f, A::sub(one, f)));
-    const V dgg = A::mul(A::mul(dct, i), A::sub(one, A::mul(g, g)));
-    const V dgo = A::mul(A::mul(dhv, tc), A::mul(o, A::sub(one, o)));
-    A::storen(dg + u0, dgi, n);
-    A::storen(dg + H + u0, dgf, n);
-    A::storen(dg + 2 * H + u0, dgg, n);
-    A::storen(dg + 3 * H + u0, dgo, n);
+    A::storen(dg + u0, A::mul(A::mul(dct, g), A::mul(i, A::sub(one, i))), n);
+    A::storen(dg + H + u0, A::mul(A::mul(dct, cp), A::mul(f, A::sub(one, f))), n);
+    A::storen(dg + 2 * H + u0, A::mul(A::mul(dct, i), A::sub(one, A::mul(g, g))), n);
+    A::storen(dg + 3 * H + u0, A::mul(A::mul(dhv, tc), A::mul(o, A::sub(one, o))), n);
     A::store(dcrow + u0, A::mul(dct, f));
-    if (db) {
-      const V d4[4] = {dgi, dgf, dgg, dgo};
-      for (int q = 0; q < 4; ++q) A::storen(db + q * H + u0, A::add(A::loadn(db + q * H + u0, n), d4[q]), n);
-    }
   }
 }
 
@@ -589,7 +580,6 @@ void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const flo
     std::fill(dc, dc + Hp, 0.f);
     if (p.dhn) std::memcpy(dh, p.dhn + (d * B + b) * P, sizeof(float) * P);
     if (p.dcn) std::memcpy(dc, p.dcn + (d * B + b) * H, sizeof(float) * H);
-    if (p.dbias_rows) std::fill(p.dbias_rows + (d * B + b) * G, p.dbias_rows + (d * B + b + 1) * G, 0.f);
   }
   for (int64_t s = T_ - 1; s >= 0; --s) {
     const int64_t t = step_time(s, d, T_);

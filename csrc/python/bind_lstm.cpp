@@ -79,7 +79,7 @@ template <typename T>
 void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_hh, const Buf& w_hr,
                     const Buf& c0, const Buf& gates, const Buf& cells, const Buf& lengths,
                     const Buf& dgates, const Buf& dh0, const Buf& dc0, const Buf& dhproj, const Dims& d,
-                    int num_threads, const Buf& packed, const Buf& dbias_rows) {
+                    int num_threads, const Buf& packed) {
   const char* fn = "lstm_recurrence_bwd";
   check_dims(d, fn);
   const bool proj = w_hr.first != 0;
@@ -99,7 +99,6 @@ void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_
   p.dh0 = checked_ptr<T>(dh0, checked_mul({d.D, d.B, d.P}, fn, "dh0"), true, fn, "dh0");
   p.dc0 = checked_ptr<T>(dc0, checked_mul({d.D, d.B, d.H}, fn, "dc0"), true, fn, "dc0");
   p.dhproj = checked_ptr<T>(dhproj, checked_mul({d.T, d.B, d.D, d.P}, fn, "dhproj"), proj, fn, "dhproj");
-  p.dbias_rows = checked_ptr<T>(dbias_rows, checked_mul({d.D, d.B, G}, fn, "dbias_rows"), false, fn, "dbias_rows");
   check_lengths(p.lengths, d, fn);
   p.w_hh_packed = checked_packed<T>(packed, d, fn);
   p.seq_len = d.T, p.batch = d.B, p.directions = d.D, p.hidden = d.H, p.proj = d.P;
@@ -235,21 +234,20 @@ void bind_lstm(py::module_& m) {
       "lstm_recurrence_bwd",
       [](const std::string& dtype, Buf dy, Buf dhn, Buf dcn, Buf w_hh, Buf w_hr, Buf c0, Buf gates,
          Buf cells, Buf lengths, Buf dgates, Buf dh0, Buf dc0, Buf dhproj, int64_t T, int64_t B, int64_t D,
-         int64_t H, int64_t P, int num_threads, Buf w_hh_packed, Buf dbias_rows) {
+         int64_t H, int64_t P, int num_threads, Buf w_hh_packed) {
         const Dims d{T, B, D, H, P};
         if (is_float64(dtype, "lstm_recurrence_bwd"))
           recurrence_bwd<double>(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates, dh0, dc0, dhproj,
-                                 d, num_threads, w_hh_packed, dbias_rows);
+                                 d, num_threads, w_hh_packed);
         else
           recurrence_bwd<float>(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates, dh0, dc0, dhproj,
-                                d, num_threads, w_hh_packed, dbias_rows);
+                                d, num_threads, w_hh_packed);
       },
       "LSTM recurrence backward (fused reverse recurrence producing d gates).", py::arg("dtype"),
       py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"),
       py::arg("gates"), py::arg("cells"), py::arg("lengths"), py::arg("dgates"), py::arg("dh0"),
       py::arg("dc0"), py::arg("dhproj"), py::arg("seq_len"), py::arg("batch"), py::arg("directions"),
-      py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{0, 0},
-      py::arg("dbias_rows") = Buf{0, 0});
+      py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{0, 0});
   m.def(
       "lstm_packed_weights_size",
       [](const std::string& dtype, int64_t D, int64_t H, int64_t P, bool forward_only) {

@@ -303,11 +303,8 @@ def lstm_recurrence_backward(
     return _recurrence_backward_impl(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, None)
 
 
-def _recurrence_backward_impl(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates: Tensor | None,
-                              dbias_rows: Tensor | None = None):
-    """Body of lstm_recurrence_backward; ``dgates`` (T, B, D, 4H) is an optional
-    destination; ``dbias_rows`` (D, B, 4H), if given, receives each row's d gates
-    summed over the steps (the bias gradient without another pass over d gates)."""
+def _recurrence_backward_impl(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates: Tensor | None):
+    """Body of lstm_recurrence_backward; ``dgates`` (T, B, D, 4H) is an optional destination."""
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[-1]
     dy, dhn, dcn = dy.contiguous(), dhn.contiguous(), dcn.contiguous()
@@ -324,7 +321,7 @@ def _recurrence_backward_impl(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, length
         _ext.dtype_name(dy.dtype),
         buf(dy), buf(dhn), buf(dcn), buf(w_hh), buf(w_hr), buf(c0), buf(gates), buf(cells),
         buf(lengths), buf(dgates), buf(dh0), buf(dc0), buf(dhproj) if w_hr is not None else (0, 0),
-        T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)), buf(dbias_rows),
+        T, B, D, H, P, torch.get_num_threads(), buf(_packed(w_hh, D, H, P)),
     )
     return dgates, dh0, dc0, dhproj
 
@@ -375,20 +372,15 @@ def _dw_hh(dgates: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None) -> Ten
 
 def _reverse_recurrence(dy, dhn, dcn, w_hh, w_hr, h0, c0, y, gates, cells, lengths, reuse: bool = False):
     """The fused reverse recurrence, with zeros for output gradients autograd
-    left out: (d gates, d h0, d c0, d hproj, d bias rows or None).
-    ``reuse``: d gates goes to the thread's "dgates" workspace (the caller
-    lets no view of it escape), and the kernel also returns each row's d gates
-    summed over the steps, (D, B, 4H), for the bias gradient."""
+    left out. ``reuse``: d gates goes to the thread's "dgates" workspace (the
+    caller lets no view of it escape)."""
     dy = torch.zeros_like(y) if dy is None else dy
     dhn = torch.zeros_like(h0) if dhn is None else dhn
     dcn = torch.zeros_like(c0) if dcn is None else dcn
     if reuse and gates.dtype == torch.float32 and _plain_eager(gates):
-        T, B, D, G = gates.shape
         dgates = _workspace(gates.numel(), gates, "dgates").view(gates.shape)
-        dbias_rows = empty(D, B, G, like=gates)
-        out = _recurrence_backward_impl(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates, dbias_rows)
-        return (*out, dbias_rows)
-    return (*torch.ops.fastlstm.lstm_recurrence_backward(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths), None)
+        return _recurrence_backward_impl(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths, dgates)
+    return torch.ops.fastlstm.lstm_recurrence_backward(dy, dhn, dcn, w_hh, w_hr, c0, gates, cells, lengths)
 
 
 def _setup_context(ctx, inputs, output):
@@ -408,7 +400,7 @@ def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
         raise RuntimeError(
             "fastlstm::lstm_recurrence was run with save_for_backward=False; cannot differentiate it"
         )
-    dgates, dh0, dc0, dhproj, _ = _reverse_recurrence(dy, dhn, dcn, w_hh, w_hr, h0, c0, y, gates, cells, lengths)
+    dgates, dh0, dc0, dhproj = _reverse_recurrence(dy, dhn, dcn, w_hh, w_hr, h0, c0, y, gates, cells, lengths)
     # Weight gradients as large GEMMs over all steps.
     T, B, D, G = dgates.shape
     H = G // 4
@@ -540,9 +532,7 @@ def _layer_backward(ctx, dy, dhn, dcn, _dgates, _dcells):
     x, h0, c0, lengths, y, gates, cells, *weights = ctx.saved_tensors
     w_ih, _, w_hh = _layer_parts(weights, ctx.has_bias)
     # d gates feeds only the GEMMs below: none of the gradients returned is a view of it.
-    dgates, dh0, dc0, _, dbias_rows = _reverse_recurrence(
-        dy, dhn, dcn, w_hh, None, h0, c0, y, gates, cells, lengths, reuse=True
-    )
+    dgates, dh0, dc0, _ = _reverse_recurrence(dy, dhn, dcn, w_hh, None, h0, c0, y, gates, cells, lengths, reuse=True)
     T, B, D, G = dgates.shape
     flat = dgates.view(T * B, D * G)
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -551,9 +541,7 @@ def _layer_backward(ctx, dy, dhn, dcn, _dgates, _dcells):
     if need_w:
         dw_ih = (x.reshape(T * B, x.shape[-1]).t() @ flat).t()  # transposed, as in _dw_hh
         dw_hh = _dw_hh(dgates, y, h0, lengths)
-        db = None
-        if ctx.has_bias:
-            db = dbias_rows.sum(1).view(D * G) if dbias_rows is not None else flat.sum(0)
+        db = flat.sum(0) if ctx.has_bias else None
         dweights = []
         for d in range(D):
             dweights += [dw_ih[d * G : (d + 1) * G], dw_hh[d]]

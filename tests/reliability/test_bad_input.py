@@ -462,28 +462,6 @@ def test_binding_huge_dims_with_tiny_buffers_raise(dims, dtype):
         _ext._C.lstm_recurrence_bwd(dtype, b, b, b, b, (0, 0), b, b, b, (0, 0), b, b, b, (0, 0), Tn, Bn, Dn, Hn, Pn, 1)
 
 
-def test_binding_checks_the_bias_rows_buffer():
-    """lstm_recurrence_bwd's optional dbias_rows must hold D * B * 4H elements."""
-    if not _ext.available():
-        pytest.skip(f"fastlstm._C unavailable: {_ext.load_error}")
-    T, B, D, H = 2, 3, 1, 4
-    G = 4 * H
-
-    keep = []  # the buffers must outlive the calls
-
-    def buf(*shape):
-        keep.append(torch.rand(*shape) * 0.5)
-        return _ext.buf(keep[-1])
-
-    args = [buf(T, B, D, H), buf(D, B, H), buf(D, B, H), buf(D, G, H), (0, 0), buf(D, B, H),
-            buf(T, B, D, G), buf(T, B, D, H), (0, 0), buf(T, B, D, G), buf(D, B, H), buf(D, B, H), (0, 0)]
-    good = torch.full((D, B, G), float("nan"))
-    _ext._C.lstm_recurrence_bwd("float32", *args, T, B, D, H, H, 1, dbias_rows=_ext.buf(good))
-    assert torch.isfinite(good).all()  # every row was written
-    with pytest.raises(ValueError, match="dbias_rows"):
-        _ext._C.lstm_recurrence_bwd("float32", *args, T, B, D, H, H, 1, dbias_rows=_ext.buf(good[:, :2]))
-
-
 def test_binding_bad_dtype_and_lies_about_numel():
     if not _ext.available():
         pytest.skip(f"fastlstm._C unavailable: {_ext.load_error}")

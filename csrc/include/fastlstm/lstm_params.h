@@ -52,9 +52,6 @@ struct LstmRecurrenceBwdParams {
   T* dh0 = nullptr;      // (D, B, P)
   T* dc0 = nullptr;      // (D, B, H)
   T* dhproj = nullptr;   // (T, B, D, P) gradient w.r.t. each projected h (for dW_hr), null when not projecting
-  // Optional (D, B, G): each batch row's dgates summed over its steps (in
-  // processing order), so the bias gradient needs no pass over dgates. Null: skipped.
-  T* dbias_rows = nullptr;
   // Optional: w_hh repacked by cpu::lstm_pack_weights for the active fp32
   // kernel (read-only, cached by the op layer); null means pack internally.
   const T* w_hh_packed = nullptr;
