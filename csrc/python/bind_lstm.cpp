@@ -141,7 +141,11 @@ void stack_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
   p.y = checked_ptr<float>(y, checked_mul({T, B, D, H}, fn, "y"), true, fn, "y");
   p.hn = checked_ptr<float>(hn, checked_mul({L, D, B, H}, fn, "hn"), true, fn, "hn");
   p.cn = checked_ptr<float>(cn, checked_mul({L, D, B, H}, fn, "cn"), true, fn, "cn");
-  p.gx = checked_ptr<float>(gx, checked_mul({T, B, D, G}, fn, "gx"), true, fn, "gx");
+  p.seq_len = T, p.batch = B, p.directions = D, p.hidden = H, p.num_layers = L;
+  p.num_threads = num_threads < 1 ? 1 : num_threads;
+  // The wavefront projects chunk by chunk into buffers of its own: gx may be empty then.
+  const bool wavefront = cpu::lstm_stack_uses_wavefront(p);
+  p.gx = checked_ptr<float>(gx, checked_mul({T, B, D, G}, fn, "gx"), !wavefront, fn, "gx");
   p.y_mid = checked_ptr<float>(y_mid, checked_mul({T, B, D, H}, fn, "y_mid"), L > 1, fn, "y_mid");
   check_lengths(p.lengths, d, fn);
   std::vector<LstmStackLayer> stack(static_cast<size_t>(L));
@@ -158,9 +162,7 @@ void stack_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
     s.w_hh_packed = checked_ptr<const float>(w[3], cpu::lstm_packed_weights_size(false, D, H, H), true, fn,
                                              (name + "w_hh_packed (packed for another CPU capability?)").c_str());
   }
-  p.layers = stack.data(), p.num_layers = L;
-  p.seq_len = T, p.batch = B, p.directions = D, p.hidden = H;
-  p.num_threads = num_threads < 1 ? 1 : num_threads;
+  p.layers = stack.data();
   py::gil_scoped_release release;
   cpu::lstm_stack_fwd(p);
 }
@@ -207,7 +209,8 @@ void bind_lstm(py::module_& m) {
   m.def("lstm_stack_fwd", &stack_fwd,
         "fp32 inference through a stack of layers in one call (no projection, SIMD kernels): per layer "
         "the input projection then the recurrence. layers: per layer (w_ih_packed, bias, w_hh, "
-        "w_hh_packed) buffers; gx: (T*B, D*4H) and y_mid: (T, B, D*H) workspaces.",
+        "w_hh_packed) buffers; gx: (T*B, D*4H) and y_mid: (T, B, D*H) workspaces (gx may be (0, 0) "
+        "when lstm_stack_uses_wavefront).",
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("layers"), py::arg("y"),
         py::arg("hn"), py::arg("cn"), py::arg("gx"), py::arg("y_mid"), py::arg("seq_len"), py::arg("batch"),
         py::arg("input"), py::arg("directions"), py::arg("hidden"), py::arg("num_threads") = 1);

@@ -712,11 +712,13 @@ def _stack_inference(x, h0_all, c0_all, lengths, plan, D, H):
     y = empty(T, B, D * H, like=x)
     hn = empty(L * D, B, H, like=x)
     cn = empty(L * D, B, H, like=x)
-    n_gx = T * B * D * 4 * H
+    threads = torch.get_num_threads()
+    # The wavefront projects into chunk buffers of its own: no whole-sequence gx.
+    n_gx = 0 if _ext._C.lstm_stack_uses_wavefront(T, B, D, H, L, threads) else T * B * D * 4 * H
     ws = _workspace(n_gx + (T * B * D * H if L > 1 else 0), x)
     _ext._C.lstm_stack_fwd(
         _buf(x), _buf(h0_all), _buf(c0_all), _buf(lengths), plan, _buf(y), _buf(hn), _buf(cn),
-        _buf(ws[:n_gx]), _buf(ws[n_gx:]) if L > 1 else (0, 0), T, B, I, D, H, torch.get_num_threads(),
+        _buf(ws[:n_gx]) if n_gx else (0, 0), _buf(ws[n_gx:]) if L > 1 else (0, 0), T, B, I, D, H, threads,
     )
     return y, hn, cn
 

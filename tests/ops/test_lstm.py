@@ -636,7 +636,8 @@ def test_stack_buffers_checked_by_binding():
 
     def call(x=x, plan=plan, y=y, gx=gx, mid=mid, lengths=None, I=I):
         _ext._C.lstm_stack_fwd(b(x), b(state), b(state), b(lengths) if lengths is not None else (0, 0), plan,
-                               b(y), b(hn), b(cn), b(gx), b(mid) if mid is not None else (0, 0), T, B, I, 1, H, 2)
+                               b(y), b(hn), b(cn), b(gx) if gx is not None else (0, 0),
+                               b(mid) if mid is not None else (0, 0), T, B, I, 1, H, 2)
 
     call()
     with pytest.raises(ValueError, match="x has"):
@@ -647,6 +648,9 @@ def test_stack_buffers_checked_by_binding():
         call(mid=None)
     with pytest.raises(ValueError, match="gx has"):
         call(gx=torch.empty(T * B * 4 * H - 1))
+    assert not _ext._C.lstm_stack_uses_wavefront(T, B, 1, H, 2, 2)
+    with pytest.raises(ValueError, match="gx"):  # only the wavefront may go without it
+        call(gx=None)
     with pytest.raises(ValueError, match="lengths"):
         call(lengths=torch.tensor([T + 1, 1]))
     with pytest.raises(ValueError, match="at least one layer"):
