@@ -4,9 +4,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <thread>
-
 #include "fastlstm/int8_params.h"
+#include "thread_pool.h"
 
 namespace fastlstm {
 namespace cpu {
@@ -23,8 +22,6 @@ struct Int8Barrier {
   std::atomic<int> count{0};
   std::atomic<int64_t> generation{0};
   int parts = 1;
-  // Spins briefly, then yields: the machine may be shared, and a descheduled
-  // partner must not cost a whole time slice of spinning.
   void wait() {
     const int64_t g = generation.load(std::memory_order_acquire);
     if (count.fetch_add(1, std::memory_order_acq_rel) == parts - 1) {
@@ -32,9 +29,7 @@ struct Int8Barrier {
       generation.fetch_add(1, std::memory_order_release);
       return;
     }
-    for (int i = 0; generation.load(std::memory_order_acquire) == g; ++i) {
-      if (i >= 4000) std::this_thread::yield();
-    }
+    spin_then_yield_until([&] { return generation.load(std::memory_order_acquire) != g; });
   }
 };
 struct Int8Split {
