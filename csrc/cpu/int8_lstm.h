@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+
 #include "fastlstm/int8_params.h"
 #include "thread_pool.h"
 
