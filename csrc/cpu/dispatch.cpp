@@ -99,6 +99,9 @@ struct SimdVariant {
   int64_t (*team_scratch)(int64_t B, int64_t H);
   void (*fwd_team)(const LstmRecurrenceFwdParams<float>&, const float*, int64_t, int, int, float*, int64_t*,
                    TeamSync*);
+  int64_t (*bwd_team_scratch)(int64_t B, int64_t H);
+  void (*bwd_team)(const LstmRecurrenceBwdParams<float>&, const float*, int64_t, int, int, float*, float*,
+                   int64_t*, TeamSync*);
 };
 
 const SimdVariant* simd_variant() {
@@ -109,7 +112,8 @@ const SimdVariant* simd_variant() {
       static const SimdVariant v{lstm_vector_width_avx512(), lstm_task_scratch_avx512,
                                  lstm_recurrence_fwd_task_avx512, lstm_recurrence_bwd_task_avx512,
                                  lstm_input_proj_task_avx512, lstm_team_scratch_avx512,
-                                 lstm_recurrence_fwd_team_avx512};
+                                 lstm_recurrence_fwd_team_avx512, lstm_bwd_team_scratch_avx512,
+                                 lstm_recurrence_bwd_team_avx512};
       return &v;
     }
 #endif
@@ -117,7 +121,8 @@ const SimdVariant* simd_variant() {
     case CpuCapability::Avx2: {
       static const SimdVariant v{lstm_vector_width_avx2(), lstm_task_scratch_avx2, lstm_recurrence_fwd_task_avx2,
                                  lstm_recurrence_bwd_task_avx2, lstm_input_proj_task_avx2,
-                                 lstm_team_scratch_avx2, lstm_recurrence_fwd_team_avx2};
+                                 lstm_team_scratch_avx2, lstm_recurrence_fwd_team_avx2,
+                                 lstm_bwd_team_scratch_avx2, lstm_recurrence_bwd_team_avx2};
       return &v;
     }
 #endif
@@ -177,14 +182,16 @@ void run_task(void* ctx, int64_t task) {
     job->v->bwd(*job->p, job->packed, pl.dir(task), pl.row_begin(task), pl.row_end(task), scratch);
 }
 
-// Forward with a team per direction sharing the unit blocks (no projection):
+// A team per direction sharing the unit blocks (no projection; the forward,
+// and the backward from kMinRows rows, see run_simd):
 // at small batch, where the batch plan would leave threads idle, and at
 // moderate batch when one direction's W_hh (16 H P bytes) is >= 1 MB: each
 // core then streams only its share of W_hh and its micro-kernel calls see
 // all the rows (measured on the 2-core Xeon, one core: 60 GF/s at 32 rows
 // vs 47 at 16, H = 512). Returns the members per direction, or 1 to use the
 // batch plan.
-int team_size(const LstmRecurrenceFwdParams<float>& p, const Plan& plan, int threads, int width) {
+template <class Params>
+int team_size(const Params& p, const Plan& plan, int threads, int width) {
   if (p.w_hr || p.proj != p.hidden || p.directions >= threads) return 1;
   const bool big_weights = 16 * p.hidden * p.proj >= kBigWeightsBytes;
   if (plan.tasks() >= threads && !(big_weights && p.batch <= 64)) return 1;
@@ -192,37 +199,55 @@ int team_size(const LstmRecurrenceFwdParams<float>& p, const Plan& plan, int thr
   return static_cast<int>(std::min<int64_t>(threads / p.directions, chunks));
 }
 
+template <class Params>
 struct TeamJob {
-  const LstmRecurrenceFwdParams<float>* p;
+  const Params* p;
   const SimdVariant* v;
   const float* packed;
   int per_dir;
   float* shared;
   int64_t shared_per_dir;
+  float* temp;  // backward: Hp floats per member
+  int64_t temp_per_member;
   int64_t* act;
   TeamSync* sync;
 };
 
+template <class Params, bool Fwd>
 void run_team_member(void* ctx, int64_t task) {
-  auto* job = static_cast<TeamJob*>(ctx);
+  auto* job = static_cast<TeamJob<Params>*>(ctx);
   const int64_t d = task / job->per_dir;
-  job->v->fwd_team(*job->p, job->packed, d, static_cast<int>(task % job->per_dir), job->per_dir,
-                   job->shared + d * job->shared_per_dir, job->act + task * job->p->batch,
-                   job->sync + d * job->per_dir);
+  const int member = static_cast<int>(task % job->per_dir);
+  float* shared = job->shared + d * job->shared_per_dir;
+  int64_t* act = job->act + task * job->p->batch;
+  TeamSync* sync = job->sync + d * job->per_dir;
+  if constexpr (Fwd)
+    job->v->fwd_team(*job->p, job->packed, d, member, job->per_dir, shared, act, sync);
+  else
+    job->v->bwd_team(*job->p, job->packed, d, member, job->per_dir, shared, job->temp + task * job->temp_per_member,
+                     act, sync);
 }
 
-void run_team(const LstmRecurrenceFwdParams<float>& p, const SimdVariant* v, const float* packed, int per_dir) {
+// 64-byte aligned start of a float buffer allocated with 16 spare floats.
+float* aligned64(std::vector<float>& buf) {
+  float* base = buf.data();
+  return base + (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
+}
+
+template <bool Fwd, class Params>
+void run_team(const Params& p, const SimdVariant* v, const float* packed, int per_dir) {
   const int64_t D = p.directions, members = D * per_dir;
-  const int64_t per = (v->team_scratch(p.batch, p.hidden) + 15) / 16 * 16;
-  std::vector<float> shared(per * D + 16);
-  float* base = shared.data();
-  base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
+  const int64_t scratch = Fwd ? v->team_scratch(p.batch, p.hidden) : v->bwd_team_scratch(p.batch, p.hidden);
+  const int64_t per = (scratch + 15) / 16 * 16;
+  const int64_t temp_per = (p.hidden + 2 * v->width + 15) / 16 * 16;  // >= Hp, on its own cache lines
+  std::vector<float> shared(per * D + 16), temp(Fwd ? 0 : temp_per * members + 16);
   std::vector<int64_t> act(static_cast<size_t>(members * p.batch));
   std::unique_ptr<TeamSync[]> sync(new TeamSync[static_cast<size_t>(members)]);
-  TeamJob job{&p, v, packed, per_dir, base, per, act.data(), sync.get()};
+  TeamJob<Params> job{&p, v, packed, per_dir, aligned64(shared), per,
+                      Fwd ? nullptr : aligned64(temp), temp_per, act.data(), sync.get()};
   // Members never wait for one that has not started (a lone member does all
   // the work), so plain tasks suffice, inline ones included.
-  team_tasks(members, static_cast<int>(members), run_team_member, &job);
+  team_tasks(members, static_cast<int>(members), run_team_member<Params, Fwd>, &job);
 }
 
 template <bool Fwd, class Params>
@@ -237,17 +262,17 @@ void run_simd(const Params& p, const SimdVariant* v) {
   // Tiny problems run on the calling thread: waking a worker costs more.
   const int threads = p.seq_len * p.batch * p.hidden * p.proj < kMinParallelWork ? 1 : p.num_threads;
   const Plan plan = make_plan(p.directions, p.batch, threads);
-  if constexpr (Fwd) {
-    if (const int per_dir = team_size(p, plan, threads, v->width); per_dir > 1)
-      return run_team(p, v, packed, per_dir);
-  }
+  // The backward team pays two waits per step: it won at S5 (B = 32, H = 512,
+  // 2 threads: 33.0 vs 35.7 ms), lost a little at B = 64 (30.9 vs 30.1 ms),
+  // and below kMinRows rows its 4-block matvec chunks run too few FMA chains.
+  const bool team_ok = Fwd || (p.batch >= kMinRows && p.batch < 64);
+  if (const int per_dir = team_size(p, plan, threads, v->width); per_dir > 1 && team_ok)
+    return run_team<Fwd>(p, v, packed, per_dir);
   const int64_t rows = (p.batch + plan.chunks - 1) / plan.chunks;
   // Per-task scratch rounded to 64 bytes so tasks never share a cache line.
   const int64_t per_task = (v->scratch(rows, p.hidden, p.proj) + 15) / 16 * 16;
   std::vector<float> scratch(per_task * plan.tasks() + 16);
-  float* base = scratch.data();
-  base += (16 - (reinterpret_cast<std::uintptr_t>(base) / sizeof(float)) % 16) % 16;
-  Job<Params> job{&p, v, packed, plan, base, per_task};
+  Job<Params> job{&p, v, packed, plan, aligned64(scratch), per_task};
   team_tasks(plan.tasks(), threads, run_task<Params, Fwd>, &job);
 }
 

@@ -16,9 +16,10 @@
 
 namespace fastlstm {
 namespace cpu {
-// Counters of one member of a forward team (lstm_recurrence_simd.h), each on
-// its own cache lines: chunks claimed from the member's home range, chunks
-// the member finished, and (member 0's) "initial state written".
+// Counters of one member of a forward or backward team
+// (lstm_recurrence_simd.h), each on its own cache lines: chunks claimed from
+// the member's home range, chunks the member finished, and (member 0's)
+// "initial state written".
 struct TeamSync {
   alignas(64) std::atomic<int64_t> claim{0};
   alignas(64) std::atomic<int64_t> done{0};
@@ -72,7 +73,11 @@ bool lstm_stack_uses_wavefront(const LstmStackFwdParams& p);
   int64_t lstm_team_scratch_##isa(int64_t B, int64_t H);                                                \
   void lstm_recurrence_fwd_team_##isa(const LstmRecurrenceFwdParams<float>& p, const float* packed,     \
                                       int64_t d, int member, int size, float* shared, int64_t* act,     \
-                                      TeamSync* sync);
+                                      TeamSync* sync);                                                  \
+  int64_t lstm_bwd_team_scratch_##isa(int64_t B, int64_t H);                                            \
+  void lstm_recurrence_bwd_team_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,     \
+                                      int64_t d, int member, int size, float* shared, float* temp,      \
+                                      int64_t* act, TeamSync* sync);
 
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(scalar)
 FASTLSTM_DECLARE_RECURRENCE_VARIANT(avx2)

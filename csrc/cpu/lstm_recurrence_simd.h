@@ -442,7 +442,8 @@ void simd_recurrence_fwd_team(const LstmRecurrenceFwdParams<float>& p, const flo
 // dh_{t-1} for N rows and KB column blocks starting at kb: sum over r of
 // dgates[r] * w_hh[r][cols]; dg[r] points to the row's G gate gradients.
 template <class A, int N, int KB>
-inline void bwd_matvec(const float* wb, int64_t G, int64_t P, int64_t kb, const float* const* dg, float* const* dh) {
+__attribute__((noinline)) void bwd_matvec(const float* wb, int64_t G, int64_t P, int64_t kb, const float* const* dg,
+                                          float* const* dh) {
   using V = typename A::V;
   V acc[N][KB];
   for (int r = 0; r < N; ++r)
@@ -461,11 +462,13 @@ inline void bwd_matvec(const float* wb, int64_t G, int64_t P, int64_t kb, const 
   (void)P;
 }
 
-// Elementwise backward of one active row b at time t: dgates (to p.dgates)
-// and the running dL/dc; dhp / dhpre are one row of temporaries.
+// Elementwise backward of one active row b at time t, units [u_begin, u_end)
+// (multiples of W, u_end <= Hp): dgates (to p.dgates) and the running dL/dc;
+// dhp / dhpre are one row of temporaries. With a projection (w_hr) the range
+// must be the whole row.
 template <class A>
 void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int64_t b, int64_t b0, float* dhs,
-              float* dcs, float* dhp, float* dhpre) {
+              float* dcs, float* dhp, float* dhpre, int64_t u_begin, int64_t u_end) {
   using V = typename A::V;
   const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, P = p.proj, G = 4 * H;
   const int64_t Hp = round_up(H, A::W), Pp = round_up(P, A::W);
@@ -474,8 +477,8 @@ void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int
   const float* dhrow = dhs + (b - b0) * Pp;
   float* dcrow = dcs + (b - b0) * Hp;
   const float* dy = p.dy + row * P;
-  for (int64_t q = 0; q < P; ++q) dhp[q] = dy[q] + dhrow[q];
   if (whr) {
+    for (int64_t q = 0; q < P; ++q) dhp[q] = dy[q] + dhrow[q];
     if (p.dhproj) std::memcpy(p.dhproj + row * P, dhp, sizeof(float) * P);
     std::fill(dhpre, dhpre + Hp, 0.f);
     for (int64_t q = 0; q < P; ++q) {
@@ -484,8 +487,9 @@ void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int
       for (int64_t k = 0; k < H; ++k) dhpre[k] += wq[k] * a;
     }
   } else {
-    std::memcpy(dhpre, dhp, sizeof(float) * H);
-    std::fill(dhpre + H, dhpre + Hp, 0.f);
+    const int64_t q1 = std::min(u_end, H);
+    for (int64_t q = u_begin; q < q1; ++q) dhpre[q] = dy[q] + dhrow[q];
+    std::fill(dhpre + q1, dhpre + u_end, 0.f);  // padded lanes
   }
   const int64_t len = p.lengths ? p.lengths[b] : T_;
   const bool first = d == 1 ? (t + 1 >= len) : (t == 0);
@@ -494,7 +498,7 @@ void bwd_cell(const LstmRecurrenceBwdParams<float>& p, int64_t d, int64_t t, int
   const float* cs = p.cells + row * H;
   float* dg = p.dgates + row * G;
   const V one = A::set1(1.f);
-  for (int64_t u0 = 0; u0 < Hp; u0 += A::W) {
+  for (int64_t u0 = u_begin; u0 < u_end; u0 += A::W) {
     const int n = static_cast<int>(std::min<int64_t>(A::W, H - u0));
     const V i = A::loadn(gs + u0, n), f = A::loadn(gs + H + u0, n);
     const V g = A::loadn(gs + 2 * H + u0, n), o = A::loadn(gs + 3 * H + u0, n);
@@ -532,19 +536,18 @@ void bwd_tail(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t 
   for (; kb < kb1; ++kb) bwd_group<A, N, 1>(p, wb, d, t, rows, b0, kb, dhs);
 }
 
-// dh_{t-1} of the active rows. Column blocks, 8 at a time, are the outer
-// loop so their weights are reused by every row group, the tail's included,
-// while cached.
+// dh_{t-1} of the active rows, column blocks [kb_begin, kb_end). Column
+// blocks, 8 at a time, are the outer loop so their weights are reused by
+// every row group, the tail's included, while cached.
 template <class A>
 void bwd_step_matvec(const LstmRecurrenceBwdParams<float>& p, const float* wb, int64_t d, int64_t t,
-                     const int64_t* act, int64_t n, int64_t b0, float* dhs) {
-  const int64_t Pb = round_up(p.proj, A::W) / A::W;
+                     const int64_t* act, int64_t n, int64_t b0, float* dhs, int64_t kb_begin, int64_t kb_end) {
   constexpr int R = A::kMaxRows;
   constexpr int KB = R >= 4 ? 4 : 2;
   constexpr int64_t kPass = 8;  // column blocks per pass, a multiple of every KB
   const int64_t full = n / R * R;
-  for (int64_t c0 = 0; c0 < Pb; c0 += kPass) {
-    const int64_t c1 = std::min(Pb, c0 + kPass);
+  for (int64_t c0 = kb_begin; c0 < kb_end; c0 += kPass) {
+    const int64_t c1 = std::min(kb_end, c0 + kPass);
     if (full > 0) {
       int64_t kb = c0;
       for (; kb + KB <= c1; kb += KB)
@@ -592,13 +595,95 @@ void simd_recurrence_bwd_task(const LstmRecurrenceBwdParams<float>& p, const flo
         continue;
       }
       act[n++] = b;
-      bwd_cell<A>(p, d, t, b, b0, dhs, dcs, dhp, dhpre);
+      bwd_cell<A>(p, d, t, b, b0, dhs, dcs, dhp, dhpre, 0, Hp);
     }
-    bwd_step_matvec<A>(p, wb, d, t, act, n, b0, dhs);
+    bwd_step_matvec<A>(p, wb, d, t, act, n, b0, dhs, 0, Pb);
   }
   for (int64_t b = b0; b < b1; ++b) {
     std::memcpy(p.dh0 + (d * B + b) * P, dhs + (b - b0) * Pp, sizeof(float) * P);
     std::memcpy(p.dc0 + (d * B + b) * H, dcs + (b - b0) * Hp, sizeof(float) * H);
+  }
+}
+
+// Shared scratch floats of one direction's backward team: dL/dh and dL/dc
+// of every row, (B, Hp) each.
+template <class A>
+int64_t simd_bwd_team_scratch(int64_t B, int64_t H) {
+  return 2 * B * round_up(H, A::W);
+}
+
+// The reverse recurrence of direction d shared by a team, like the forward
+// team (no projection, P == H): each step is two phases of unit chunks, the
+// cell backward of the chunk's units for every row, then dh_{t-1} of the
+// chunk's columns for every row (which reads every unit's d gates, so the
+// phases are separated by the team's wait). Each member streams about its
+// share of W_hh, which stays in its L2. Chunks are claimed as in the forward
+// team (home range first, then steal), so a lone member finishes the call.
+// Every lane is computed by the same bwd_cell / bwd_matvec arithmetic as in
+// simd_recurrence_bwd_task: the same bits. shared: simd_bwd_team_scratch
+// floats, 64-byte aligned; temp: Hp floats and act: B int64 of the member's
+// own; sync: `size` zeroed counters shared by the team.
+template <class A>
+void simd_recurrence_bwd_team(const LstmRecurrenceBwdParams<float>& p, const float* packed, int64_t d, int member,
+                              int size, float* shared, float* temp, int64_t* act, TeamSync* sync) {
+  const int64_t T_ = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, G = 4 * H;
+  const int64_t Hp = round_up(H, A::W), Hb = Hp / A::W;
+  // Vector blocks per chunk: the matvec needs 4 (AVX-512: 4 rows x 4 blocks
+  // of accumulators); with 2 it ran 4 rows x 1 block, S5's pass 42 -> 60 ms.
+  constexpr int64_t CB = 4;
+  const int64_t chunks = (Hb + CB - 1) / CB;
+  const float* wb = packed + D * Hb * H * 4 * A::W + d * Hb * G * A::W;
+  auto range_begin = [&](int m) { return chunks * m / size; };
+  float* dhs = shared;           // (B, Hp) running dL/dh_t
+  float* dcs = shared + B * Hp;  // (B, Hp) running dL/dc_t
+  if (member == 0) {
+    std::fill(shared, shared + 2 * B * Hp, 0.f);
+    for (int64_t b = 0; b < B; ++b) {
+      if (p.dhn) std::memcpy(dhs + b * Hp, p.dhn + (d * B + b) * H, sizeof(float) * H);
+      if (p.dcn) std::memcpy(dcs + b * Hp, p.dcn + (d * B + b) * H, sizeof(float) * H);
+    }
+    sync[0].ready.store(1, std::memory_order_release);
+  }
+  while (sync[0].ready.load(std::memory_order_acquire) == 0) std::this_thread::yield();
+  // Runs phase q's chunks: home range first, then the others'.
+  auto run_phase = [&](int64_t q, auto&& chunk) {
+    for (int k = 0; k < size; ++k) {
+      const int m = (member + k) % size;
+      const int64_t c0 = range_begin(m), len = range_begin(m + 1) - c0;
+      for (int64_t c; (c = team_claim(sync[m], q, len)) >= 0;) {
+        const int64_t j0 = (c0 + c) * CB;
+        chunk(j0, std::min(Hb, j0 + CB));
+        sync[member].done.store(sync[member].done.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+      }
+    }
+    team_wait_step(sync, size, (q + 1) * chunks);
+  };
+  for (int64_t s = T_ - 1, q = 0; s >= 0; --s, q += 2) {
+    const int64_t t = step_time(s, d, T_);
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b)
+      if (!p.lengths || t < p.lengths[b]) act[n++] = b;
+    run_phase(q, [&](int64_t j0, int64_t j1) {
+      const int64_t u0 = j0 * A::W, u1 = j1 * A::W;
+      for (int64_t b = 0, r = 0; b < B; ++b) {
+        if (r < n && act[r] == b) {
+          ++r;
+          bwd_cell<A>(p, d, t, b, 0, dhs, dcs, temp, temp, u0, u1);
+          continue;
+        }
+        // Past this sequence's end: zero d gates, carry the state.
+        float* dg = p.dgates + ((t * B + b) * D + d) * G;
+        const int64_t un = std::min(u1, H) - u0;
+        for (int g = 0; g < 4; ++g) std::memset(dg + g * H + u0, 0, sizeof(float) * un);
+      }
+    });
+    run_phase(q + 1, [&](int64_t j0, int64_t j1) { bwd_step_matvec<A>(p, wb, d, t, act, n, 0, dhs, j0, j1); });
+  }
+  const int64_t u0 = std::min(H, range_begin(member) * CB * A::W);
+  const int64_t u1 = std::min(H, range_begin(member + 1) * CB * A::W);
+  for (int64_t b = 0; b < B && u1 > u0; ++b) {
+    std::memcpy(p.dh0 + (d * B + b) * H + u0, dhs + b * Hp + u0, sizeof(float) * (u1 - u0));
+    std::memcpy(p.dc0 + (d * B + b) * H + u0, dcs + b * Hp + u0, sizeof(float) * (u1 - u0));
   }
 }
 
@@ -737,6 +822,12 @@ void simd_input_proj_task(const LstmInputProjParams& p, int64_t d, int64_t r0, i
                                       int64_t d, int member, int size, float* shared, int64_t* act,       \
                                       TeamSync* sync) {                                                   \
     simd_recurrence_fwd_team<Traits>(p, packed, d, member, size, shared, act, sync);                   \
+  }                                                                                                       \
+  int64_t lstm_bwd_team_scratch_##isa(int64_t B, int64_t H) { return simd_bwd_team_scratch<Traits>(B, H); } \
+  void lstm_recurrence_bwd_team_##isa(const LstmRecurrenceBwdParams<float>& p, const float* packed,       \
+                                      int64_t d, int member, int size, float* shared, float* temp,        \
+                                      int64_t* act, TeamSync* sync) {                                     \
+    simd_recurrence_bwd_team<Traits>(p, packed, d, member, size, shared, temp, act, sync);             \
   }                                                                                                       \
   }                                                                                                       \
   }

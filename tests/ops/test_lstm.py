@@ -245,6 +245,32 @@ def test_small_batch_unit_split_bitwise_identical_and_correct(D):
 
 
 @needs_cpu
+def test_backward_team_bitwise_identical_and_correct():
+    """A W_hh of >= 1 MB at 8 <= B < 64 rows runs the reverse recurrence as a
+    unit-split team (two phases per step): same bits for any thread count and
+    the reference's gradients. H = 260 leaves a partial vector block and a
+    short last chunk; lengths cover rows that end early or never start."""
+    torch.manual_seed(9)
+    lengths = [3, 1, 0, 3, 2, 3, 3, 1, 3]
+    args = _inputs(3, 9, 1, 260, 260, lengths, dtype=torch.float32)
+    one = _run_with_threads(1, args)
+    for threads in (2, 3, 4):
+        other = _run_with_threads(threads, args)
+        for i, (a, b) in enumerate(zip(one, other)):
+            assert torch.equal(a, b), f"output {i} differs between 1 and {threads} threads"
+    diff = [a for a in args if a is not None and a.requires_grad]
+    ref = reference.lstm_recurrence(*args)
+    args64 = [a.detach().double().requires_grad_(a.requires_grad) if a is not None and a.is_floating_point() else a
+              for a in args]
+    ref64 = reference.lstm_recurrence(*args64)
+    g_ref = torch.autograd.grad(_loss(ref), diff)
+    g_ref64 = torch.autograd.grad(_loss(ref64), [a for a in args64 if a is not None and a.requires_grad])
+    for i, (a, b, r) in enumerate(zip(one[5:], g_ref, g_ref64)):
+        ok, err, peer = within_error_rule(a, b, r)
+        assert ok, f"grad {i}: error {err:.3g} vs fp32 reference {peer:.3g}"
+
+
+@needs_cpu
 def test_fp32_error_at_T1440_within_twice_torch():
     """The design's accuracy rule on S2's shape: the fused fp32 error against
     an fp64 reference is at most 2x torch's own fp32 error plus 1e-6."""
