@@ -356,6 +356,28 @@ inline int64_t team_claim(TeamSync& home, int64_t s, int64_t len) {
   return -1;
 }
 
+// First chunk of member m's home range (of `size` members sharing `chunks`).
+inline int64_t team_home_begin(int64_t chunks, int m, int size) { return chunks * m / size; }
+
+// One phase q of a team's call (a step, or half of one): member `member` of
+// `size` runs chunk(j0, j1) for chunks of CB of the Hb vector blocks, its
+// home range first, then the chunks left in the others', and returns when
+// every member's chunks of the phase are done.
+template <class Chunk>
+void team_phase(TeamSync* sync, int member, int size, int64_t Hb, int64_t CB, int64_t q, Chunk&& chunk) {
+  const int64_t chunks = (Hb + CB - 1) / CB;
+  for (int k = 0; k < size; ++k) {
+    const int m = (member + k) % size;
+    const int64_t c0 = team_home_begin(chunks, m, size), len = team_home_begin(chunks, m + 1, size) - c0;
+    for (int64_t c; (c = team_claim(sync[m], q, len)) >= 0;) {
+      const int64_t j0 = (c0 + c) * CB;
+      chunk(j0, std::min(Hb, j0 + CB));
+      sync[member].done.store(sync[member].done.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    }
+  }
+  team_wait_step(sync, size, (q + 1) * chunks);
+}
+
 // Small batch, no projection (P == H): the `size` members of a team share
 // direction d's unit chunks (2 vector blocks each) over all B rows, so each
 // core streams about its share of W_hh (which then stays in its own L2).
@@ -377,7 +399,7 @@ void simd_recurrence_fwd_team(const LstmRecurrenceFwdParams<float>& p, const flo
   constexpr int64_t CB = 2;  // vector blocks per chunk: two keep 8 FMA chains busy at batch 1
   const int64_t chunks = (Hb + CB - 1) / CB;
   const float* wf = packed + d * Hb * H * 4 * A::W;
-  auto range_begin = [&](int m) { return chunks * m / size; };
+  auto range_begin = [&](int m) { return team_home_begin(chunks, m, size); };
   float* buf[2] = {shared, shared + B * Hp};  // h_{t-1} / h_t, swapped each step
   float* cs = shared + 2 * B * Hp;            // (B, Hp) cell state
   if (member == 0) {
@@ -402,31 +424,24 @@ void simd_recurrence_fwd_team(const LstmRecurrenceFwdParams<float>& p, const flo
       const int64_t pu0 = std::min(H, range_begin(member) * CB * A::W);
       prefetch_gx(p, d, step_time(s + 1, d, T_), 0, B, pu0, std::min(H, range_begin(member + 1) * CB * A::W));
     }
-    for (int k = 0; k < size; ++k) {
-      const int m = (member + k) % size;  // home range first, then steal
-      const int64_t c0 = range_begin(m), len = range_begin(m + 1) - c0;
-      for (int64_t c; (c = team_claim(sync[m], s, len)) >= 0;) {
-        const int64_t j0 = (c0 + c) * CB, j1 = std::min(Hb, j0 + CB);
-        const int64_t u0 = j0 * A::W, u1 = std::min(H, j1 * A::W), un = u1 - u0;
-        fwd_gates<A>(p, wf, d, t, act, n, st, j0, j1);
-        for (int64_t b = 0, r = 0; b < B; ++b) {
-          const int64_t row = (t * B + b) * D + d;
-          if (r < n && act[r] == b) {
-            ++r;
-            std::memcpy(p.y + row * H + u0, hnext + b * Hp + u0, sizeof(float) * un);
-            continue;
-          }
-          // Past this sequence's end: zero the chunk's outputs, carry its state.
-          std::memset(p.y + row * H + u0, 0, sizeof(float) * un);
-          if (p.gates)
-            for (int g = 0; g < 4; ++g) std::memset(p.gates + row * G + g * H + u0, 0, sizeof(float) * un);
-          if (p.cells) std::memset(p.cells + row * H + u0, 0, sizeof(float) * un);
-          std::memcpy(hnext + b * Hp + u0, hcur + b * Hp + u0, sizeof(float) * (j1 - j0) * A::W);
+    team_phase(sync, member, size, Hb, CB, s, [&](int64_t j0, int64_t j1) {
+      const int64_t u0 = j0 * A::W, u1 = std::min(H, j1 * A::W), un = u1 - u0;
+      fwd_gates<A>(p, wf, d, t, act, n, st, j0, j1);
+      for (int64_t b = 0, r = 0; b < B; ++b) {
+        const int64_t row = (t * B + b) * D + d;
+        if (r < n && act[r] == b) {
+          ++r;
+          std::memcpy(p.y + row * H + u0, hnext + b * Hp + u0, sizeof(float) * un);
+          continue;
         }
-        sync[member].done.store(sync[member].done.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        // Past this sequence's end: zero the chunk's outputs, carry its state.
+        std::memset(p.y + row * H + u0, 0, sizeof(float) * un);
+        if (p.gates)
+          for (int g = 0; g < 4; ++g) std::memset(p.gates + row * G + g * H + u0, 0, sizeof(float) * un);
+        if (p.cells) std::memset(p.cells + row * H + u0, 0, sizeof(float) * un);
+        std::memcpy(hnext + b * Hp + u0, hcur + b * Hp + u0, sizeof(float) * (j1 - j0) * A::W);
       }
-    }
-    team_wait_step(sync, size, (s + 1) * chunks);
+    });
   }
   const int64_t u0 = std::min(H, range_begin(member) * CB * A::W);
   const int64_t u1 = std::min(H, range_begin(member + 1) * CB * A::W);
@@ -633,7 +648,7 @@ void simd_recurrence_bwd_team(const LstmRecurrenceBwdParams<float>& p, const flo
   constexpr int64_t CB = 4;
   const int64_t chunks = (Hb + CB - 1) / CB;
   const float* wb = packed + D * Hb * H * 4 * A::W + d * Hb * G * A::W;
-  auto range_begin = [&](int m) { return chunks * m / size; };
+  auto range_begin = [&](int m) { return team_home_begin(chunks, m, size); };
   float* dhs = shared;           // (B, Hp) running dL/dh_t
   float* dcs = shared + B * Hp;  // (B, Hp) running dL/dc_t
   if (member == 0) {
@@ -645,25 +660,12 @@ void simd_recurrence_bwd_team(const LstmRecurrenceBwdParams<float>& p, const flo
     sync[0].ready.store(1, std::memory_order_release);
   }
   while (sync[0].ready.load(std::memory_order_acquire) == 0) std::this_thread::yield();
-  // Runs phase q's chunks: home range first, then the others'.
-  auto run_phase = [&](int64_t q, auto&& chunk) {
-    for (int k = 0; k < size; ++k) {
-      const int m = (member + k) % size;
-      const int64_t c0 = range_begin(m), len = range_begin(m + 1) - c0;
-      for (int64_t c; (c = team_claim(sync[m], q, len)) >= 0;) {
-        const int64_t j0 = (c0 + c) * CB;
-        chunk(j0, std::min(Hb, j0 + CB));
-        sync[member].done.store(sync[member].done.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-      }
-    }
-    team_wait_step(sync, size, (q + 1) * chunks);
-  };
   for (int64_t s = T_ - 1, q = 0; s >= 0; --s, q += 2) {
     const int64_t t = step_time(s, d, T_);
     int64_t n = 0;
     for (int64_t b = 0; b < B; ++b)
       if (!p.lengths || t < p.lengths[b]) act[n++] = b;
-    run_phase(q, [&](int64_t j0, int64_t j1) {
+    team_phase(sync, member, size, Hb, CB, q, [&](int64_t j0, int64_t j1) {
       const int64_t u0 = j0 * A::W, u1 = j1 * A::W;
       for (int64_t b = 0, r = 0; b < B; ++b) {
         if (r < n && act[r] == b) {
@@ -677,7 +679,8 @@ void simd_recurrence_bwd_team(const LstmRecurrenceBwdParams<float>& p, const flo
         for (int g = 0; g < 4; ++g) std::memset(dg + g * H + u0, 0, sizeof(float) * un);
       }
     });
-    run_phase(q + 1, [&](int64_t j0, int64_t j1) { bwd_step_matvec<A>(p, wb, d, t, act, n, 0, dhs, j0, j1); });
+    team_phase(sync, member, size, Hb, CB, q + 1,
+               [&](int64_t j0, int64_t j1) { bwd_step_matvec<A>(p, wb, d, t, act, n, 0, dhs, j0, j1); });
   }
   const int64_t u0 = std::min(H, range_begin(member) * CB * A::W);
   const int64_t u1 = std::min(H, range_begin(member + 1) * CB * A::W);
