@@ -65,22 +65,24 @@ def main() -> None:
     for hit in ltm.search(model.encoder.encode([query])[0]):
         print(f"  {hit.score:.2f}  {hit.metadata['text']}")
 
-    # Short-term memory: the last 15 messages within 500 tokens, older ones folded into a vector.
-    stm = ShortTermMemory(encode=model.encoder.encode)
+    # Short-term memory: the last 15 messages within 500 tokens, older ones folded into a text summary.
+    stm = ShortTermMemory()
     for turn in synthetic_corpus(6, turns=4, seed=9):
         for i, text in enumerate(turn):
             stm.add("user" if i % 2 == 0 else "assistant", text)
     print(f"STM keeps {len(stm.messages)} messages ({stm.tokens} tokens); "
-          f"{stm.summarized} older ones are summarised in a {stm.summary.shape[0]}-d vector")
+          f"{stm.summarized} older ones are summarised as:\n{stm.summary}")
 
-    # Sessions carry the decoder state between turns, isolated per user.
+    # Sessions carry the decoder state between turns, isolated per user. The decoder was trained to
+    # rebuild its input, so what it generates is a reconstruction, not a reply (replies come from the
+    # LLM given to MemoryAugmentedChat; see examples/memory_chat_service/).
     sessions = SessionStore()
     start = time.perf_counter()
     for sid, text in [("u1", "I had lunch with Mei from Hooli yesterday."), ("u2", "Should I email Oscar?"),
                       ("u1", "What did Mei say about the budget?")]:
-        reply = sessions.respond(model, sid, text, max_length=60)
-        print(f"  [{sid}] {text}\n  [{sid}] -> {reply!r}")
-    print(f"3 replies in {time.perf_counter() - start:.2f} s; session u1 has {sessions.get('u1').turns} turns")
+        rebuilt = sessions.reconstruct(model, sid, text, max_length=60)
+        print(f"  [{sid}] {text}\n  [{sid}] reconstructed: {rebuilt!r}")
+    print(f"3 reconstructions in {time.perf_counter() - start:.2f} s; session u1 has {sessions.get('u1').turns} turns")
 
 
 if __name__ == "__main__":

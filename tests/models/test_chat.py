@@ -215,15 +215,15 @@ def test_mixed_eos_keeps_each_sequences_state():
 def test_sessions_isolated_and_carried():
     fast, _ = _pair()
     store = SessionStore()
-    store.respond(fast, "alice", "hello", max_length=4)
+    store.reconstruct(fast, "alice", "hello", max_length=4)
     h_alice = store.get("alice").h.clone()
-    store.respond(fast, "bob", "something else entirely", max_length=4)
+    store.reconstruct(fast, "bob", "something else entirely", max_length=4)
     assert torch.equal(store.get("alice").h, h_alice)  # bob's turn left alice alone
     assert store.get("alice").turns == 1 and store.get("bob").turns == 1
     # The carried state changes the next turn's state.
-    store.respond(fast, "alice", "hello", max_length=4)
+    store.reconstruct(fast, "alice", "hello", max_length=4)
     fresh = SessionStore()
-    fresh.respond(fast, "x", "hello", max_length=4)
+    fresh.reconstruct(fast, "x", "hello", max_length=4)
     assert store.get("alice").turns == 2
     assert not torch.allclose(store.get("alice").h, fresh.get("x").h)
 
@@ -233,9 +233,9 @@ def test_sessions_concurrent_match_sequential():
     texts = {f"user{i}": f"message number {i}" for i in range(6)}
     sequential = SessionStore()
     for sid, text in texts.items():
-        sequential.respond(fast, sid, text, max_length=3)
+        sequential.reconstruct(fast, sid, text, max_length=3)
     concurrent = SessionStore()
-    threads = [threading.Thread(target=concurrent.respond, args=(fast, sid, text), kwargs=dict(max_length=3))
+    threads = [threading.Thread(target=concurrent.reconstruct, args=(fast, sid, text), kwargs=dict(max_length=3))
                for sid, text in texts.items()]
     for t in threads:
         t.start()
@@ -248,8 +248,8 @@ def test_sessions_concurrent_match_sequential():
 def test_session_persistence(tmp_path):
     fast, _ = _pair()
     store = SessionStore()
-    store.respond(fast, "alice", "hi", max_length=3)
-    store.respond(fast, "bob/with:odd id", "hey", max_length=3)
+    store.reconstruct(fast, "alice", "hi", max_length=3)
+    store.reconstruct(fast, "bob/with:odd id", "hey", max_length=3)
     store.get("empty")
     store.save(tmp_path / "sessions.safetensors")
     loaded = SessionStore.load(tmp_path / "sessions.safetensors")
@@ -282,37 +282,77 @@ def test_safetensors_files_interoperate(tmp_path):
         load_file(tmp_path / "bad.safetensors")
 
 
+def _raw_safetensors(header) -> bytes:
+    head = header if isinstance(header, bytes) else __import__("json").dumps(header).encode()
+    return len(head).to_bytes(8, "little") + head + bytes(16)
+
+
+@pytest.mark.parametrize("header,field", [
+    (b"[1, 2]", "JSON object"),
+    (b'"text"', "JSON object"),
+    (b"{", "not JSON"),
+    ({"__metadata__": {"k": 1}}, "__metadata__"),
+    ({"__metadata__": [1]}, "__metadata__"),
+    ({"x": [1]}, "'x': entry"),
+    ({"x": {"dtype": "F32", "shape": [1]}}, "data_offsets"),
+    ({"x": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, "dtype"),
+    ({"x": {"dtype": "Q99", "shape": [1], "data_offsets": [0, 4]}}, "dtype"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": ["0", 4]}}, "data_offsets"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}}, "data_offsets"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [True, 4]}}, "data_offsets"),
+    ({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, "shape"),
+    ({"x": {"dtype": "F32", "shape": 4, "data_offsets": [0, 4]}}, "shape"),
+    ({"x": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}, "shape"),
+    ({"x": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}}, "data_offsets span"),
+    ({"x": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 4]}}, "data_offsets span"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}, "outside"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 2**70]}}, "outside"),
+], ids=lambda v: str(v)[:40])
+def test_safetensors_malformed_header_raises_value_error_naming_the_field(tmp_path, header, field):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(_raw_safetensors(header))
+    with pytest.raises(ValueError, match=field):
+        load_file(path)
+
+
+def test_safetensors_truncated_and_oversized_header(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x01\x02")
+    with pytest.raises(ValueError, match="too short"):
+        load_file(path)
+    path.write_bytes((2**63).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ValueError, match="past the end"):
+        load_file(path)
+
+
 # -- short-term memory -------------------------------------------------------
 
-def _fake_encode(texts):
-    vecs = np.array([[len(t), 1.0, t.count("a")] for t in texts], dtype=np.float32)
-    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-
-
-def test_stm_defaults_message_limit_and_summary():
+def test_stm_defaults_message_limit_and_text_summary():
     assert (STM_MAX_MESSAGES, STM_MAX_TOKENS) == (15, 500)
-    stm = ShortTermMemory(encode=_fake_encode)
+    stm = ShortTermMemory()
     for i in range(20):
-        stm.add("user", f"m{i}")
-    assert len(stm.messages) == 15 and stm.messages[0].text == "m5"
-    assert stm.summarized == 5 and stm.summary.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(stm.summary), 1.0, atol=1e-6)
-    expected = _fake_encode([f"m{i}" for i in range(5)]).mean(0)
-    np.testing.assert_allclose(stm.summary, expected / np.linalg.norm(expected), atol=1e-6)
+        stm.add("user", f"Message {i} is about topic{i % 3}.")
+    assert len(stm.messages) == 15 and stm.messages[0].text.startswith("Message 5 ")
+    assert stm.summarized == 5
+    lines = stm.summary.splitlines()
+    assert lines[0] == "Summary of earlier messages:"
+    assert all(line.startswith("- user: Message ") for line in lines[1:]) and len(lines) > 1
+    assert stm.count_tokens(stm.summary) <= stm.summary_max_tokens == 250
+    assert stm.context().startswith(stm.summary + "\nuser: Message 5 ")
 
 
 def test_stm_token_budget():
-    stm = ShortTermMemory(encode=_fake_encode, max_tokens=50)
+    stm = ShortTermMemory(max_tokens=50)
     for i in range(6):
         stm.add("assistant", "a" * 19)  # 20 tokens each
     assert stm.tokens <= 50 and len(stm.messages) == 2 and stm.summarized == 4
-    stm.add("user", "b" * 200)  # alone over budget: kept, everything older compressed
+    stm.add("user", "b" * 200)  # alone over budget: kept, everything older summarised
     assert len(stm.messages) == 1 and stm.summarized == 6
-    assert "user: " + "b" * 200 == stm.context()
-    plain = ShortTermMemory(max_messages=2)
+    assert stm.context().endswith("user: " + "b" * 200)
+    plain = ShortTermMemory(max_messages=2, summariser=None)
     for t in "xyz":
         plain.add("user", t)
-    assert [m.text for m in plain.messages] == ["y", "z"] and plain.summary is None
+    assert [m.text for m in plain.messages] == ["y", "z"] and plain.summary == ""
 
 
 # -- long-term memory --------------------------------------------------------

@@ -1,6 +1,6 @@
-"""State and memory around the encoder-decoder: per-session decoder state,
-short-term memory (recent messages within a token budget) and long-term memory
-(an exact cosine-similarity index of float32 vectors). Defaults follow the
+"""State around the encoder-decoder: per-session decoder state and an in-process
+exact cosine-similarity index of float32 vectors (the brute-force reference the
+long-term memory stores in ``ltm`` are tested against). Defaults follow the
 memory-chat design's configuration names.
 """
 
@@ -9,19 +9,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fastlstm.models.chat.safetensors_io import load_file, save_file
-from fastlstm.models.chat.tokenizer import ByteTokenizer
 
-STM_MAX_MESSAGES = 15
-STM_MAX_TOKENS = 500
 LTM_TOP_K = 5
 LTM_SIMILARITY_THRESHOLD = 0.7
 
@@ -80,7 +76,7 @@ class SessionState:
 class SessionStore:
     """Sessions by id, each with its own :class:`SessionState`; thread-safe.
 
-    >>> store = SessionStore(); reply = store.respond(model, "user-1", "hello")
+    >>> store = SessionStore(); text = store.reconstruct(model, "user-1", "hello")
     """
 
     def __init__(self) -> None:
@@ -103,8 +99,11 @@ class SessionStore:
         with self._lock:
             self._sessions.pop(session_id, None)
 
-    def respond(self, model, session_id: str, text: str, *, max_length: int = 64) -> str:
-        """One turn: generate a reply from ``text`` and the session's carried state, then carry the new state."""
+    def reconstruct(self, model, session_id: str, text: str, *, max_length: int = 64) -> str:
+        """One turn of the decoder: what it generates from ``text`` and the session's carried state
+        (then the new state is carried). The training recipe here teaches the decoder to rebuild
+        its input, so this is a reconstruction of ``text``, not a reply: a chat answer comes from
+        the LLM that :class:`~fastlstm.models.chat.service.MemoryAugmentedChat` is given."""
         session = self.get(session_id)
         ids, (h, c) = model.generate_ids([text], max_length=max_length, carried=session.carried)
         session.update((h, c))
@@ -130,69 +129,6 @@ class SessionStore:
                 s.h, s.c = torch.from_numpy(tensors[f"s{i}.h"]), torch.from_numpy(tensors[f"s{i}.c"])
             store._sessions[s.session_id] = s
         return store
-
-
-# --------------------------------------------------------------------------
-# Short-term memory
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class Message:
-    role: str
-    text: str
-    tokens: int
-
-
-@dataclass
-class ShortTermMemory:
-    """The last ``max_messages`` messages within ``max_tokens``; older ones are
-    compressed into one summary vector (the normalised running mean of their
-    encodings) instead of being dropped.
-
-    ``encode`` maps a list of texts to L2-normalised vectors (n, d), e.g.
-    ``LSTMEncoder.encode``; without it the oldest messages are only dropped.
-
-    >>> stm = ShortTermMemory(encode=model.encoder.encode)
-    >>> stm.add("user", "I moved to Lisbon"); stm.messages, stm.summary
-    """
-
-    encode: Callable[[Sequence[str]], np.ndarray] | None = None
-    max_messages: int = STM_MAX_MESSAGES
-    max_tokens: int = STM_MAX_TOKENS
-    tokenizer: ByteTokenizer = field(default_factory=ByteTokenizer)
-    messages: deque = field(default_factory=deque)
-    summary: np.ndarray | None = None
-    summarized: int = 0  # how many messages the summary stands for
-
-    def __post_init__(self) -> None:
-        if self.max_messages < 1 or self.max_tokens < 1:
-            raise ValueError("max_messages and max_tokens must be >= 1")
-
-    @property
-    def tokens(self) -> int:
-        return sum(m.tokens for m in self.messages)
-
-    def add(self, role: str, text: str) -> None:
-        self.messages.append(Message(role, text, self.tokenizer.count(text)))
-        evicted = []
-        # Keep the newest message even when it alone is over budget.
-        while len(self.messages) > 1 and (len(self.messages) > self.max_messages or self.tokens > self.max_tokens):
-            evicted.append(self.messages.popleft())
-        if evicted and self.encode is not None:
-            self._compress([m.text for m in evicted])
-
-    def _compress(self, texts: list[str]) -> None:
-        vecs = np.asarray(self.encode(texts), dtype=np.float32)
-        total = vecs.sum(0) + (self.summary * self.summarized if self.summary is not None else 0.0)
-        self.summarized += len(texts)
-        mean = total / self.summarized
-        norm = float(np.linalg.norm(mean))
-        self.summary = (mean / norm if norm > 0 else mean).astype(np.float32)
-
-    def context(self) -> str:
-        """The kept messages as one text, ``role: text`` per line."""
-        return "\n".join(f"{m.role}: {m.text}" for m in self.messages)
 
 
 # --------------------------------------------------------------------------

@@ -53,34 +53,62 @@ def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata:
     os.replace(tmp, path)
 
 
+def _fail(path, what: str) -> ValueError:
+    return ValueError(f"{path}: not a valid safetensors file ({what})")
+
+
+def _int_list(value, field: str, path, name: str) -> list[int]:
+    # bool is an int subclass; JSON true/false is not a size.
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise _fail(path, f"{name!r}: {field} must be a list of non-negative integers, got {value!r}")
+    return value
+
+
 def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Reads a safetensors file: (name -> numpy array, metadata). Raises ValueError on a malformed file.
+    """Reads a safetensors file: (name -> numpy array, metadata). Raises ValueError naming the
+    offending field on a malformed file (never TypeError or OverflowError).
 
     >>> tensors, metadata = load_file("state.safetensors")
     """
     with open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 8:
-        raise ValueError(f"{path}: not a safetensors file (too short)")
+        raise _fail(path, "too short for the 8-byte header length")
     (n,) = struct.unpack("<Q", raw[:8])
     if n > len(raw) - 8:
-        raise ValueError(f"{path}: not a safetensors file (header length {n} past the end)")
+        raise _fail(path, f"header length {n} past the end of the file")
     try:
         header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
-    metadata = header.pop("__metadata__", {}) or {}
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _fail(path, f"header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise _fail(path, f"header must be a JSON object, got {type(header).__name__}")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _fail(path, "__metadata__ must map str to str")
     body = memoryview(raw)[8 + n :]
     tensors = {}
     for name, info in header.items():
-        try:
-            dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
-            begin, end = info["data_offsets"]
-            shape = tuple(int(s) for s in info["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: bad entry for {name!r} ({e})") from None
-        count = int(np.prod(shape, dtype=np.int64))
-        if not 0 <= begin <= end <= len(body) or end - begin != count * dtype.itemsize:
-            raise ValueError(f"{path}: data of {name!r} does not match its shape and dtype")
+        if not isinstance(info, dict):
+            raise _fail(path, f"{name!r}: entry must be an object, got {type(info).__name__}")
+        for field in ("dtype", "shape", "data_offsets"):
+            if field not in info:
+                raise _fail(path, f"{name!r}: missing field {field!r}")
+        if not isinstance(info["dtype"], str) or info["dtype"] not in _DTYPES:
+            raise _fail(path, f"{name!r}: dtype {info['dtype']!r} is not one of {sorted(_DTYPES)}")
+        dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+        shape = _int_list(info["shape"], "shape", path, name)
+        offsets = _int_list(info["data_offsets"], "data_offsets", path, name)
+        if len(offsets) != 2:
+            raise _fail(path, f"{name!r}: data_offsets must be [begin, end], got {offsets!r}")
+        begin, end = offsets
+        count = 1
+        for s in shape:  # Python ints: a huge shape cannot wrap around
+            count *= s
+        if not begin <= end <= len(body):
+            raise _fail(path, f"{name!r}: data_offsets {offsets} outside the {len(body)}-byte data section")
+        if end - begin != count * dtype.itemsize:
+            raise _fail(path, f"{name!r}: data_offsets span {end - begin} bytes but shape {shape} of "
+                              f"{info['dtype']} needs {count * dtype.itemsize}")
         tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     return tensors, metadata
