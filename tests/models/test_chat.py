@@ -363,8 +363,8 @@ def _unit(*v):
 
 
 def test_memory_index_top_k_and_threshold(tmp_path):
-    assert (LTM_TOP_K, LTM_SIMILARITY_THRESHOLD) == (5, 0.7)
-    index = MemoryIndex(dim=2)
+    assert LTM_TOP_K == 5 and MemoryIndex(dim=2).threshold == LTM_SIMILARITY_THRESHOLD
+    index = MemoryIndex(dim=2, threshold=0.7)
     angles = np.deg2rad([0, 10, 20, 30, 40, 44, 46, 60, 90, 180])
     ids = index.add(np.stack([np.cos(angles), np.sin(angles)], 1) * 3.0, [{"deg": int(d)} for d in np.rad2deg(angles).round()])
     assert ids == list(range(10)) and index.vectors.dtype == np.float32

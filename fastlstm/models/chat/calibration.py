@@ -148,7 +148,7 @@ def _cpu_model() -> str:
 def main() -> None:
     import torch
 
-    from fastlstm.models.chat.model import Seq2SeqLSTM
+    from fastlstm.models.chat.model import LSTMEncoder, Seq2SeqLSTM
     from fastlstm.models.chat.training import TrainConfig, synthetic_corpus, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -157,11 +157,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    model = Seq2SeqLSTM().eval()
     if args.train_steps:
+        model = Seq2SeqLSTM()
         train(model, synthetic_corpus(400, seed=args.seed), TrainConfig(steps=args.train_steps))
-        model.eval()
-    threshold, cal, held = measure(model.encoder.encode, n_facts=args.facts, seed=args.seed)
+        encoder = model.encoder.eval()
+    else:  # what examples/memory_chat_service uses without CHAT_ENCODER (seed 0)
+        encoder = LSTMEncoder().eval()
+    threshold, cal, held = measure(encoder.encode, n_facts=args.facts, seed=args.seed)
     print(f"cpu: {_cpu_model()}; encoder: default LSTMEncoder, "
           f"seed {args.seed}, trained {args.train_steps} steps; {args.facts} facts per split")
     print(f"calibrated threshold (best F1 on the calibration split): {threshold:.2f}")
