@@ -19,7 +19,7 @@ def find_bin_dir() -> str | None:
     """Where initdb, pg_ctl and postgres are: $FASTLSTM_PG_BIN, PATH, or the newest /usr/lib/postgresql/*/bin."""
     candidates = [os.environ.get("FASTLSTM_PG_BIN", "")]
     on_path = shutil.which("initdb")
-    candidates.append(os.path.dirname(on_path) if on_path else "")
+    candidates.append(os.path.dirname(os.path.realpath(on_path)) if on_path else "")
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
     for d in candidates:
         if d and all(os.access(os.path.join(d, b), os.X_OK) for b in ("initdb", "pg_ctl", "postgres")):
