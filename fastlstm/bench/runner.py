@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fastlstm.bench import core, peers
+from fastlstm.bench import core, peers, roofline
 from fastlstm.bench.core import Case, Measurement, Method
 from fastlstm.bench.shapes import LSTMShape
 
@@ -36,6 +36,7 @@ class Context:
     cache: dict = field(default_factory=dict)
     exports: dict = field(default_factory=dict)
     memory_probes: list = field(default_factory=list)  # (measurement, call), run after all timing
+    bandwidth: dict | None = None  # the L2/L3 streaming-read probe of this run (roofline.py)
     cpus: list[int] | None = None  # the bench's CPU affinity at start; the ORT worker restores it
 
     def sync(self) -> Callable[[], None] | None:
@@ -242,6 +243,7 @@ def run_plan(cases: list[Case], ctx: Context, peak_gflops: float | None, progres
     for case in cases:
         for m in case.measurements:
             core.fill_rates(m, case.flops, peak_gflops)
+        roofline.fill(case, ctx.bandwidth, ctx.threads)
 
 
 def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[Case]],
@@ -260,6 +262,8 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
         ctx.workdir = Path(own_tmp.name)
     try:
         sgemm = core.sgemm_peak(ctx.method, ctx.sgemm_size or (1024 if ctx.quick else 2048), ctx.device)
+        if ctx.device == "cpu" and ctx.bandwidth is None:
+            ctx.bandwidth = roofline.bandwidth(ctx.threads, min_time=0.2 if ctx.quick else 0.5)
         plans = []
         for suite in suites:
             try:
@@ -289,6 +293,7 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
                    "timer": "time.perf_counter per call", "flops": "see fastlstm/bench/shapes.py"},
         "suites": suites,
         "sgemm": sgemm,
+        "bandwidth": ctx.bandwidth,
         "runtime_s": time.perf_counter() - started,
         "cases": [c.to_json() for _, cases in plans for c in cases],
     }
