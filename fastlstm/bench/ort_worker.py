@@ -9,17 +9,18 @@ OpenMP team, a narrowed affinity inherited by the child) reaches ONNX Runtime.
 
 For each job it optionally quantises the model with
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights), then for every
-intra-op thread count in ``thread_candidates`` creates a fresh session
-(``session_options``), checks the output runs, times it with the same method
-as the main process, and keeps the fastest median. The first output is saved
+configuration in ``candidates`` (each intra-op thread count of
+``thread_candidates``, with and without spinning threads) creates a fresh
+session (``session_options``), checks the output runs, times it with the same
+method as the main process, and keeps the fastest median. The first output is saved
 so the main process can compute its error.
 
 Job file: ``{"threads": int, "thread_candidates": [int], "cpus": [int] | null,
 "method": {"min_calls", "min_time", "warmup_calls", "max_calls"},
 "jobs": [{"id", "onnx", "inputs" (npz), "quantize" (bool), "output" (npz path)}]}``.
-Result file: ``{"versions": {...}, "settings": {threads: settings}, "results": {id: {"status",
+Result file: ``{"versions": {...}, "settings": {config_key: settings}, "results": {id: {"status",
 "median_s", "min_s", "max_s", "calls", "note", "output", "run"}}}``; ``run`` says how the
-peer was run (process, threads tried and their medians, session settings, env, affinity).
+peer was run (process, configurations tried and their medians, session settings, env, affinity).
 """
 
 from __future__ import annotations
@@ -41,16 +42,29 @@ def threading_env() -> dict:
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREADING_ENV_PREFIXES)}
 
 
-def session_options(ort, threads: int):
-    """ONNX Runtime's defaults except the thread counts: intra-op ``threads``,
-    one inter-op thread (sequential execution), all graph optimisations, and
-    spinning thread pools (ORT's default, stated so the record is explicit)."""
+def candidates(thread_counts: list[int]) -> list[dict]:
+    """The configurations tried per job: each thread count with spinning
+    intra-op threads (ORT's default), and the multi-thread ones also without:
+    a spinning pool waiting at a barrier for a thread the OS has descheduled
+    (anything else runnable on a 2-core machine) can run 2-3x slower."""
+    out = [{"threads": t, "allow_spinning": "1"} for t in thread_counts]
+    return out + [{"threads": t, "allow_spinning": "0"} for t in thread_counts if t > 1]
+
+
+def config_key(config: dict) -> str:
+    return f"{config['threads']}t" + ("" if config["allow_spinning"] == "1" else "-nospin")
+
+
+def session_options(ort, config: dict):
+    """ONNX Runtime's defaults except the thread counts and spinning: intra-op
+    ``threads``, one inter-op thread (sequential execution), all graph
+    optimisations."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = config["threads"]
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", config["allow_spinning"])
     return options
 
 
@@ -100,8 +114,8 @@ def _model_path(job: dict) -> str:
     return path
 
 
-def _time_session(ort, path: str, feeds: dict, threads: int, method: dict, output: str | None) -> dict:
-    options = session_options(ort, threads)
+def _time_session(ort, path: str, feeds: dict, config: dict, method: dict, output: str | None) -> dict:
+    options = session_options(ort, config)
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     try:
         outputs = session.run(None, feeds)
@@ -122,18 +136,19 @@ def _run_job(ort, job: dict, spec: dict) -> dict:
     path = _model_path(job)
     with np.load(job["inputs"]) as data:
         feeds = {name: data[name] for name in data.files}
-    tried = {}
-    for threads in spec["thread_candidates"]:
+    tried, configs = {}, {config_key(c): c for c in candidates(spec["thread_candidates"])}
+    for key, config in configs.items():
         first = not tried
-        tried[threads] = _time_session(ort, path, feeds, threads, spec["method"], job["output"] if first else None)
-    best = min(tried, key=lambda t: tried[t]["median_s"])
+        tried[key] = _time_session(ort, path, feeds, config, spec["method"], job["output"] if first else None)
+    best = min(tried, key=lambda k: tried[k]["median_s"])
     result = dict(tried[best])
     result.update(status="ok", output=job["output"], model_bytes=os.path.getsize(path))
     result["run"] = {
         "process": "ort_worker (own torch-free process, clean env)",
-        "threads": best,
-        "threads_tried": {str(t): r["median_s"] for t, r in tried.items()},
-        **settings(ort, session_options(ort, best)),
+        "threads": configs[best]["threads"],
+        "config": best,
+        "configs_tried": {k: r["median_s"] for k, r in tried.items()},
+        **settings(ort, session_options(ort, configs[best])),
     }
     return result
 
@@ -157,7 +172,8 @@ def main(argv: list[str]) -> int:
             results[job["id"]] = {"status": "missing", "note": f"onnxruntime is not installed ({exc})"}
         ort = None
     if ort is not None:
-        report["settings"] = {str(t): settings(ort, session_options(ort, t)) for t in spec["thread_candidates"]}
+        report["settings"] = {config_key(c): settings(ort, session_options(ort, c))
+                              for c in candidates(spec["thread_candidates"])}
         for job in spec["jobs"]:
             try:
                 results[job["id"]] = _run_job(ort, job, spec)

@@ -4,7 +4,7 @@ ONNX Runtime worker process.
 ONNX Runtime runs in its own torch-free process (``ort_worker.py``), after
 every in-process cell has been timed and the bench's own threads have gone
 quiet, with a clean environment and the bench's original CPU affinity, at
-the best of 1 and 2 intra-op threads; so the two runtimes never share a
+the best of 1 and 2 intra-op threads (2 with and without spinning); so the two runtimes never share a
 process or compete for the cores.
 """
 

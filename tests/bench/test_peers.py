@@ -68,8 +68,8 @@ def test_worker_settings_match_a_clean_process(tmp_path, monkeypatch):
     ort = next(m for m in cases[0].measurements if m.impl == peers.ORT_FP32)
     assert ort.status == core.OK, ort.note
     run = ort.extra["run"]
-    assert set(run["threads_tried"]) == {"1", "2"}
-    expected = clean[str(run["threads"])]
+    assert set(run["configs_tried"]) == {"1t", "2t", "2t-nospin"}
+    expected = clean[run["config"]]
     assert {k: run[k] for k in expected} == expected
     assert run["env"] == {} and run["graph_optimization_level"].endswith("ORT_ENABLE_ALL")
 
