@@ -31,6 +31,34 @@ if _requested and _requested not in _CAPABILITIES:
         f"FASTLSTM_CPU_CAPABILITY={_requested!r} is not one of {', '.join(_CAPABILITIES)}"
     )
 
+_PROFILES = ("intel_avx512", "amd_zen4", "generic")
+_profile = os.environ.get("FASTLSTM_CPU_PROFILE")
+if _profile and _profile not in _PROFILES:
+    raise ValueError(f"FASTLSTM_CPU_PROFILE={_profile!r} is not one of {', '.join(_PROFILES)}")
+
+
+def cpu_tuning() -> dict | None:
+    """The CPU kernels' tuning (profile, ISA, thresholds), chosen at run time from
+    CPUID or forced by ``FASTLSTM_CPU_PROFILE``; None when ``_C`` is missing."""
+    return _C.cpu_tuning() if _C is not None else None
+
+
+def describe_cpu_tuning() -> str:
+    t = cpu_tuning()
+    if t is None:
+        return "-"
+    return (f"{t['profile']} (isa {t['isa']}, int8 amx {'on' if t['int8_amx'] else 'off'}, "
+            f"big W_hh from {t['big_weights_bytes'] >> 10} KiB, {t['min_rows']} rows/chunk, "
+            f"bwd team below batch {t['bwd_team_max_batch']})")
+
+
+def describe_cpu() -> str:
+    if _C is None:
+        return "-"
+    c = _C.cpu_description()
+    return (f"{c['vendor']} family {c['family']:#x} model {c['model']:#x}, L1d {c['l1d_bytes'] >> 10} KiB, "
+            f"L2 {c['l2_bytes'] >> 10} KiB/core, L3 {c['l3_bytes'] >> 20} MiB")
+
 
 def available() -> bool:
     return _C is not None

@@ -26,6 +26,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("_C", "loaded" if _ext.available() else f"not loaded ({_ext.load_error})"),
         ("cpu capability", _ext.cpu_capability()),
         ("detected capability", _ext._C.detected_cpu_capability() if _ext.available() else "-"),
+        ("cpuid", _ext.describe_cpu()),
+        ("cpu tuning", _ext.describe_cpu_tuning()),
         ("cuda kernels compiled", str(bool(_ext.available() and _ext._C.has_cuda))),
         ("cuda device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
         ("backends (cpu, float32)", ", ".join(fastlstm.available_backends("cpu"))),

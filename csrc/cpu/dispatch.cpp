@@ -6,9 +6,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 #include "fastlstm/cpu_capability.h"
+#include "fastlstm/cpu_tuning.h"
 #include "int8_lstm.h"
 #include "lstm_recurrence.h"
 #include "omp_team.h"
@@ -36,8 +42,14 @@ CpuCapability detect() {
   return CpuCapability::Scalar;
 }
 
+// The detected level, capped by the tuning's choice for this CPU.
+CpuCapability highest_level() {
+  const CpuCapability detected = detected_cpu_capability(), tuned = active_cpu_tuning().isa;
+  return tuned < detected ? tuned : detected;
+}
+
 CpuCapability initial_active() {
-  CpuCapability level = detected_cpu_capability();
+  CpuCapability level = highest_level();
   const char* env = std::getenv("FASTLSTM_CPU_CAPABILITY");
   CpuCapability requested;
   if (env && *env && parse_cpu_capability(env, &requested) && requested < level) level = requested;
@@ -51,6 +63,125 @@ std::atomic<int>& active_level() {
 
 }  // namespace
 
+namespace {
+
+#if defined(__x86_64__) || defined(_M_X64)
+struct Regs {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+};
+Regs cpuid(unsigned leaf, unsigned sub = 0) {
+  Regs r;
+  if (!__get_cpuid_count(leaf, sub, &r.a, &r.b, &r.c, &r.d)) r = Regs{};
+  return r;
+}
+// Deterministic cache parameters (Intel leaf 4, AMD leaf 0x8000001D share the layout).
+void read_cache_leaf(unsigned leaf, CpuDescription* cpu) {
+  for (unsigned i = 0; i < 16; ++i) {
+    const Regs r = cpuid(leaf, i);
+    const unsigned type = r.a & 0x1f, level = (r.a >> 5) & 0x7;
+    if (type == 0) break;
+    if (type == 2) continue;  // instruction cache
+    const int64_t bytes = int64_t{((r.b >> 22) & 0x3ff) + 1} * (((r.b >> 12) & 0x3ff) + 1) *
+                          ((r.b & 0xfff) + 1) * (int64_t{r.c} + 1);
+    if (level == 1) cpu->l1d_bytes = bytes;
+    if (level == 2) cpu->l2_bytes = bytes;
+    if (level == 3) cpu->l3_bytes = bytes;
+  }
+}
+#endif
+
+// The canned descriptions FASTLSTM_CPU_PROFILE can force, one per profile.
+CpuDescription intel_spr() {
+  CpuDescription c;
+  c.vendor = "GenuineIntel", c.family = 6, c.model = 0x8f;
+  c.l1d_bytes = 48 << 10, c.l2_bytes = 2 << 20, c.l3_bytes = int64_t{105} << 20;
+  c.avx2 = c.avx512 = c.avx512_vnni = c.amx_int8 = true;
+  return c;
+}
+CpuDescription amd_zen4() {
+  CpuDescription c;
+  c.vendor = "AuthenticAMD", c.family = 0x19, c.model = 0x11;
+  c.l1d_bytes = 32 << 10, c.l2_bytes = 1 << 20, c.l3_bytes = 32 << 20;
+  c.avx2 = c.avx512 = c.avx512_vnni = true;
+  return c;
+}
+
+}  // namespace
+
+CpuDescription detect_cpu_description() {
+  CpuDescription cpu;
+#if defined(__x86_64__) || defined(_M_X64)
+  const Regs v = cpuid(0);
+  char vendor[13] = {};
+  std::memcpy(vendor, &v.b, 4), std::memcpy(vendor + 4, &v.d, 4), std::memcpy(vendor + 8, &v.c, 4);
+  cpu.vendor = vendor;
+  const Regs f = cpuid(1);
+  const int base_family = (f.a >> 8) & 0xf, base_model = (f.a >> 4) & 0xf;
+  cpu.family = base_family == 0xf ? base_family + static_cast<int>((f.a >> 20) & 0xff) : base_family;
+  cpu.model = base_family >= 6 ? base_model + static_cast<int>(((f.a >> 16) & 0xf) << 4) : base_model;
+  if (cpu.vendor == "AuthenticAMD" && cpuid(0x80000000).a >= 0x8000001d) read_cache_leaf(0x8000001d, &cpu);
+  else if (v.a >= 4) read_cache_leaf(4, &cpu);
+  if (cpu.l2_bytes == 0 && cpuid(0x80000000).a >= 0x80000006) {
+    const Regs r = cpuid(0x80000006);
+    cpu.l2_bytes = int64_t{(r.c >> 16) & 0xffff} << 10;
+    cpu.l3_bytes = int64_t{(r.d >> 18) & 0x3fff} * (512 << 10);
+  }
+  __builtin_cpu_init();
+  cpu.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  cpu.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  cpu.avx512_vnni = cpu.avx512 && __builtin_cpu_supports("avx512vnni");
+  cpu.amx_int8 = v.a >= 7 && ((cpuid(7).d >> 25) & 1);
+#endif
+  return cpu;
+}
+
+bool cpu_profile_description(const std::string& profile, CpuDescription* out) {
+  if (profile == "intel_avx512") *out = intel_spr();
+  else if (profile == "amd_zen4") *out = amd_zen4();
+  else if (profile == "generic") *out = detect_cpu_description(), out->vendor = "generic";
+  else return false;
+  return true;
+}
+
+CpuTuning choose_cpu_tuning(const CpuDescription& cpu) {
+  CpuTuning t;
+  const bool intel = cpu.vendor == "GenuineIntel", amd = cpu.vendor == "AuthenticAMD";
+  t.isa = cpu.avx512_vnni ? CpuCapability::Avx512Vnni
+          : cpu.avx512    ? CpuCapability::Avx512
+          : cpu.avx2      ? CpuCapability::Avx2
+                          : CpuCapability::Scalar;
+  // Zen 4 (family 0x19 with AVX-512; Zen 5 is 0x1a) runs a 512-bit op as two
+  // 256-bit halves: the same FLOPs per cycle as AVX2, but AVX-512's 32
+  // registers hold the 4-row micro-kernel (AVX2 fits 2 rows), so each weight
+  // load feeds twice the rows. It keeps AVX-512; no AMX there.
+  if (amd && cpu.family >= 0x19 && cpu.avx512) t.profile = "amd_zen4";
+  else if (intel && cpu.avx512) t.profile = "intel_avx512";
+  else if ((intel || amd) && cpu.avx2) t.profile = amd ? "amd_avx2" : "intel_avx2";
+  else t.profile = "generic";
+  t.int8_amx = cpu.amx_int8 && t.isa == CpuCapability::Avx512Vnni;
+  // Half the per-core L2 (SPR 2 MB -> 1 MB, Zen 4 1 MB -> 512 KB), within sane bounds.
+  if (cpu.l2_bytes > 0)
+    t.big_weights_bytes = std::clamp<int64_t>(cpu.l2_bytes / 2, int64_t{256} << 10, int64_t{4} << 20);
+  return t;
+}
+
+const CpuTuning& active_cpu_tuning() {
+  static const CpuTuning tuning = [] {
+    CpuDescription cpu = detect_cpu_description();
+    const char* env = std::getenv("FASTLSTM_CPU_PROFILE");
+    CpuDescription forced;
+    if (env && *env && cpu_profile_description(env, &forced)) {
+      // Never claim features this CPU lacks: the forced profile only lowers them.
+      forced.avx2 &= cpu.avx2, forced.avx512 &= cpu.avx512;
+      forced.avx512_vnni &= cpu.avx512_vnni, forced.amx_int8 &= cpu.amx_int8;
+      cpu = forced;
+    }
+    return choose_cpu_tuning(cpu);
+  }();
+  return tuning;
+}
+
 CpuCapability detected_cpu_capability() {
   static const CpuCapability detected = detect();
   return detected;
@@ -59,7 +190,7 @@ CpuCapability detected_cpu_capability() {
 CpuCapability active_cpu_capability() { return static_cast<CpuCapability>(active_level().load()); }
 
 CpuCapability set_cpu_capability(CpuCapability requested) {
-  const CpuCapability level = requested < detected_cpu_capability() ? requested : detected_cpu_capability();
+  const CpuCapability level = requested < highest_level() ? requested : highest_level();
   active_level().store(static_cast<int>(level));
   return level;
 }
@@ -137,15 +268,15 @@ const SimdVariant* simd_variant() {
 //
 // Parallel plan: tasks are (direction, contiguous batch-row chunk). Both
 // directions run at once; the batch is split further while threads remain,
-// keeping >= kMinRows rows per chunk so the micro-kernel reuses each weight
+// keeping >= min_rows() rows per chunk so the micro-kernel reuses each weight
 // load across rows. Rows are independent and every row's arithmetic is the
 // same in any chunk, so the plan never changes the result.
-constexpr int64_t kMinRows = 8;
-// Below this many multiply-adds per direction a call runs single-threaded.
-constexpr int64_t kMinParallelWork = int64_t{1} << 18;
-// One direction's W_hh (4H x P floats) of at least this many bytes is better
-// split across the cores' L2s (the unit-split team) than streamed by one core.
-constexpr int64_t kBigWeightsBytes = int64_t{1} << 20;
+// The thresholds (rows per chunk, minimum parallel work, and the W_hh size
+// above which one core's L2 is too small, 4H x P floats per direction) come
+// from the CPU's tuning (cpu_tuning.h, chosen above from CPUID).
+int64_t min_rows() { return active_cpu_tuning().min_rows; }
+int64_t min_parallel_work() { return active_cpu_tuning().min_parallel_work; }
+int64_t big_weights_bytes() { return active_cpu_tuning().big_weights_bytes; }
 
 struct Plan {
   int64_t D, B, chunks;
@@ -157,7 +288,7 @@ struct Plan {
 
 Plan make_plan(int64_t D, int64_t B, int threads) {
   const int64_t per_dir = std::max<int64_t>(1, (threads + D - 1) / D);
-  const int64_t by_rows = std::max<int64_t>(1, B / kMinRows);
+  const int64_t by_rows = std::max<int64_t>(1, B / min_rows());
   return Plan{D, B, std::max<int64_t>(1, std::min(per_dir, by_rows))};
 }
 
@@ -183,7 +314,7 @@ void run_task(void* ctx, int64_t task) {
 }
 
 // A team per direction sharing the unit blocks (no projection; the forward,
-// and the backward from kMinRows rows, see run_simd):
+// and the backward from min_rows() rows, see run_simd):
 // at small batch, where the batch plan would leave threads idle, and at
 // moderate batch when one direction's W_hh (16 H P bytes) is >= 1 MB: each
 // core then streams only its share of W_hh and its micro-kernel calls see
@@ -193,7 +324,7 @@ void run_task(void* ctx, int64_t task) {
 template <class Params>
 int team_size(const Params& p, const Plan& plan, int threads, int width) {
   if (p.w_hr || p.proj != p.hidden || p.directions >= threads) return 1;
-  const bool big_weights = 16 * p.hidden * p.proj >= kBigWeightsBytes;
+  const bool big_weights = 16 * p.hidden * p.proj >= big_weights_bytes();
   if (plan.tasks() >= threads && !(big_weights && p.batch <= 64)) return 1;
   const int64_t chunks = ((p.hidden + width - 1) / width + 1) / 2;  // 2 vector blocks per chunk
   return static_cast<int>(std::min<int64_t>(threads / p.directions, chunks));
@@ -260,12 +391,12 @@ void run_simd(const Params& p, const SimdVariant* v) {
     packed = own_packed.data();
   }
   // Tiny problems run on the calling thread: waking a worker costs more.
-  const int threads = p.seq_len * p.batch * p.hidden * p.proj < kMinParallelWork ? 1 : p.num_threads;
+  const int threads = p.seq_len * p.batch * p.hidden * p.proj < min_parallel_work() ? 1 : p.num_threads;
   const Plan plan = make_plan(p.directions, p.batch, threads);
   // The backward team pays two waits per step: it won at S5 (B = 32, H = 512,
   // 2 threads: 33.0 vs 35.7 ms), lost a little at B = 64 (30.9 vs 30.1 ms),
-  // and below kMinRows rows its 4-block matvec chunks run too few FMA chains.
-  const bool team_ok = Fwd || (p.batch >= kMinRows && p.batch < 64);
+  // and below min_rows() rows its 4-block matvec chunks run too few FMA chains.
+  const bool team_ok = Fwd || (p.batch >= min_rows() && p.batch < active_cpu_tuning().bwd_team_max_batch);
   if (const int per_dir = team_size(p, plan, threads, v->width); per_dir > 1 && team_ok)
     return run_team<Fwd>(p, v, packed, per_dir);
   const int64_t rows = (p.batch + plan.chunks - 1) / plan.chunks;
@@ -324,7 +455,7 @@ void lstm_input_projection(const LstmInputProjParams& p) {
   // Tasks split the rows, or the unit blocks when there are few rows (then
   // each task reads only its share of the weights). Every output element is
   // computed the same way in either split.
-  const int threads = p.rows * p.hidden * p.input < kMinParallelWork ? 1 : p.num_threads;
+  const int threads = p.rows * p.hidden * p.input < min_parallel_work() ? 1 : p.num_threads;
   const int64_t per_dir = std::max<int64_t>(1, (threads + p.directions - 1) / p.directions);
   const int64_t Hb = (p.hidden + v->width - 1) / v->width;
   const bool by_units = p.rows < 256 && Hb >= 2 * per_dir;
@@ -382,13 +513,13 @@ constexpr int64_t kWavefrontSteps = 16;
 }  // namespace
 
 // Used when the layer-by-layer plan leaves the threads short of work: one
-// direction, a batch too small to give every thread kMinRows rows, and a W_hh
+// direction, a batch too small to give every thread min_rows() rows, and a W_hh
 // small enough for one core's L2 (else the unit-split team is faster: at
 // B = 1, H = 512 it took 10 ms against the wavefront's 24).
 bool lstm_stack_uses_wavefront(const LstmStackFwdParams& p) {
   return p.directions == 1 && p.num_layers >= 2 && p.num_threads >= 2 && p.seq_len > kWavefrontSteps &&
-         p.batch < kMinRows * p.num_threads && 16 * p.hidden * p.hidden < kBigWeightsBytes &&
-         p.seq_len * p.batch * p.hidden * p.hidden >= kMinParallelWork;
+         p.batch < min_rows() * p.num_threads && 16 * p.hidden * p.hidden < big_weights_bytes() &&
+         p.seq_len * p.batch * p.hidden * p.hidden >= min_parallel_work();
 }
 
 namespace {
@@ -521,7 +652,7 @@ std::atomic<bool>& int8_amx_wanted() {
 }
 bool int8_amx_active() {
 #if defined(FASTLSTM_HAVE_AMX)
-  return int8_amx_wanted().load() && int8_amx_supported();
+  return int8_amx_wanted().load() && active_cpu_tuning().int8_amx && int8_amx_supported();
 #else
   return false;
 #endif

@@ -215,6 +215,7 @@ class Case:
     measurements: list[Measurement] = field(default_factory=list)
     note: str = ""
     cleanup: Callable[[], None] | None = field(default=None, repr=False)
+    roofline: dict | None = None  # the memory bound of the case (fastlstm/bench/roofline.py)
 
     @property
     def key(self) -> str:
@@ -223,7 +224,7 @@ class Case:
     def to_json(self) -> dict:
         return {
             "suite": self.suite, "name": self.name, "mode": self.mode, "key": self.key,
-            "params": self.params, "flops": self.flops, "note": self.note,
+            "params": self.params, "flops": self.flops, "note": self.note, "roofline": self.roofline,
             "measurements": [dataclasses.asdict(m) for m in self.measurements],
         }
 

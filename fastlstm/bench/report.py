@@ -226,11 +226,39 @@ def print_report(report: dict, console=None, plain: bool = False) -> None:
     width = max((len(c["key"]) for c in report["cases"]), default=10)
     for case in report["cases"]:
         print(f"  {case['key']:<{width}}  {verdict(case)}")
+    roof = roofline_lines(report)
+    if roof:
+        print("\nRoofline (W_hh bytes streamed per step at the measured bandwidth of the cache level holding them):")
+        for line in roof:
+            print("  " + line)
     bad = [(c["key"], m) for c in report["cases"] for m in c["measurements"]
            if m["ours"] and m["status"] in (core.FAIL, core.ERROR)]
     for key, m in bad:
         print(f"  FAILING: {key} {m['impl']}: {status_text(m)}")
     print(f"\nruntime {report.get('runtime_s', 0):.0f} s")
+
+
+def roofline_lines(report: dict) -> list[str]:
+    """One line per case with a roofline: the bound, and fastlstm's and the
+    fastest peer's share of it (100% would be at the bound)."""
+    bw = report.get("bandwidth")
+    if not bw:
+        return []
+    lines = [f"bandwidth: L2 {bw['l2']['gbps']:.0f} GB/s ({bw['l2']['working_set_bytes'] >> 10} KiB), "
+             f"L3 {bw['l3']['gbps']:.0f} GB/s ({bw['l3']['working_set_bytes'] >> 20} MiB); {bw['probe']}"]
+    width = max((len(c["key"]) for c in report["cases"]), default=10)
+    for case in report["cases"]:
+        r = case.get("roofline")
+        if not r:
+            continue
+        peers_ = [m for m in timed(case) if not m["ours"]]
+        shown = [m for m in timed(case) if m["ours"]] + ([min(peers_, key=lambda m: m["median_s"])] if peers_ else [])
+        shares = [f"{m['impl']} {100 * m['extra']['roofline_fraction']:.0f}%" for m in shown
+                  if (m.get("extra") or {}).get("roofline_fraction") is not None]
+        lines.append(f"{case['key']:<{width}}  {r['weights_bytes_per_step'] / 1024:.0f} KiB/step x {r['steps']} "
+                     f"from {r['level'].upper()} at {r['bound_gbps']:.0f} GB/s: bound {r['bound_s'] * 1e3:.3f} ms; "
+                     + ", ".join(shares))
+    return lines
 
 
 # -- README markdown -----------------------------------------------------

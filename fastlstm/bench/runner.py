@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fastlstm.bench import core, peers
+from fastlstm.bench import core, peers, roofline
 from fastlstm.bench.core import Case, Measurement, Method
 from fastlstm.bench.shapes import LSTMShape
 
@@ -36,6 +36,8 @@ class Context:
     cache: dict = field(default_factory=dict)
     exports: dict = field(default_factory=dict)
     memory_probes: list = field(default_factory=list)  # (measurement, call), run after all timing
+    bandwidth: dict | None = None  # the L2/L3 streaming-read probe of this run (roofline.py)
+    cpus: list[int] | None = None  # the bench's CPU affinity at start; the ORT worker restores it
 
     def sync(self) -> Callable[[], None] | None:
         if self.device == "cuda":
@@ -131,13 +133,35 @@ def run_impl(case: Case, impl: core.Impl, ctx: Context, deferred: list) -> Measu
         if prepared.check is not None and method.warmup_calls > 0:
             # the check ran the same work once: it is the first warm-up call
             method = dataclasses.replace(method, warmup_calls=method.warmup_calls - 1)
-        timing = core.measure(prepared.fn, method, prepared.sync)
+        if impl.ours or ctx.device != "cpu":
+            timing = core.measure(prepared.fn, method, prepared.sync)
+        else:
+            timing = _measure_peer_at_best(prepared, method, ctx, m)
     except Exception as exc:
         m.status, m.note = core.ERROR, "while timing: " + _short(exc)
         return m
     m.status = core.OK
     m.median_s, m.min_s, m.max_s, m.calls = timing.median_s, timing.min_s, timing.max_s, timing.calls
     return m
+
+
+def _measure_peer_at_best(prepared, method: Method, ctx: Context, m: Measurement) -> core.Timing:
+    """An in-process (torch) peer timed at each of the thread counts the ORT
+    worker tries; the fastest median is reported and the record says how."""
+    import torch
+
+    tried = {}
+    try:
+        for threads in peers.thread_candidates(ctx.threads):
+            torch.set_num_threads(threads)
+            tried[threads] = core.measure(prepared.fn, method, prepared.sync)
+    finally:
+        torch.set_num_threads(ctx.threads)
+    best = min(tried, key=lambda t: tried[t].median_s)
+    m.extra["run"] = {"process": "bench process (in-process peer, timed alone)", "threads": best,
+                      "threads_tried": {str(t): r.median_s for t, r in tried.items()},
+                      "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("OMP_", "MKL_", "KMP_"))}}
+    return tried[best]
 
 
 def _run_deferred(deferred: list, ctx: Context, progress: Progress) -> None:
@@ -147,7 +171,8 @@ def _run_deferred(deferred: list, ctx: Context, progress: Progress) -> None:
         jobs.append({"id": job_id, "onnx": str(job["onnx"]), "inputs": str(job["inputs"]),
                      "quantize": bool(job.get("quantize")), "output": str(ctx.workdir / f"{job_id}.out.npz")})
     progress.start(f"onnxruntime worker ({len(jobs)} cells)")
-    results = peers.run_worker(jobs, ctx.threads, ctx.method, ctx.workdir)
+    worker = peers.run_worker(jobs, ctx.threads, ctx.method, ctx.workdir, cpus=ctx.cpus)
+    results = worker["results"]
     for (case, m, job), spec in zip(deferred, jobs):
         result = results.get(spec["id"], {"status": "error", "note": "no result from the worker"})
         m.status = result["status"]
@@ -157,6 +182,8 @@ def _run_deferred(deferred: list, ctx: Context, progress: Progress) -> None:
                                                      result["calls"])
             if "model_bytes" in result:
                 m.extra["model_bytes"] = result["model_bytes"]
+            if "run" in result:
+                m.extra["run"] = {**result["run"], "bench_before_start": worker["quiet"]}
             on_output = job.get("on_output")
             if on_output is not None:
                 import numpy as np
@@ -216,6 +243,7 @@ def run_plan(cases: list[Case], ctx: Context, peak_gflops: float | None, progres
     for case in cases:
         for m in case.measurements:
             core.fill_rates(m, case.flops, peak_gflops)
+        roofline.fill(case, ctx.bandwidth, ctx.threads)
 
 
 def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[Case]],
@@ -223,6 +251,8 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
     """Plan and run ``suites``; returns the report (the JSON document)."""
     import torch
 
+    if ctx.cpus is None:
+        ctx.cpus = peers.allowed_cpus()
     torch.set_num_threads(ctx.threads)
     started = time.perf_counter()
     machine = core.machine_info(ctx.threads, ctx.device)
@@ -232,6 +262,8 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
         ctx.workdir = Path(own_tmp.name)
     try:
         sgemm = core.sgemm_peak(ctx.method, ctx.sgemm_size or (1024 if ctx.quick else 2048), ctx.device)
+        if ctx.device == "cpu" and ctx.bandwidth is None:
+            ctx.bandwidth = roofline.bandwidth(ctx.threads, min_time=0.2 if ctx.quick else 0.5)
         plans = []
         for suite in suites:
             try:
@@ -261,6 +293,7 @@ def run(ctx: Context, suites: list[str], plan_fn: Callable[[str, Context], list[
                    "timer": "time.perf_counter per call", "flops": "see fastlstm/bench/shapes.py"},
         "suites": suites,
         "sgemm": sgemm,
+        "bandwidth": ctx.bandwidth,
         "runtime_s": time.perf_counter() - started,
         "cases": [c.to_json() for _, cases in plans for c in cases],
     }
