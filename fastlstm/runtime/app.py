@@ -167,8 +167,10 @@ class ProductivityApp:
     def _one(self, x: np.ndarray, need_weights: bool):
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"outputs: expected (T > 0, input_dim) features, got {x.shape}")
-        self.head.need_weights = need_weights
-        pattern, forecast, anomaly, attn = self.model(x)
+        h, _ = self.embedding.run(x)
+        for lstm in self.lstms:
+            h, _ = lstm.run(h)
+        pattern, forecast, anomaly, attn = self.head.outputs(np.ascontiguousarray(h), need_weights)
         return pattern, forecast, anomaly[:, 0], dense_weights(attn, self.head.band_window(x.shape[0]), x.shape[0])
 
     def predict(self, log, *, need_weights: bool = False) -> ProductivityPrediction:

@@ -111,7 +111,7 @@ class ProductivityHead:
         self._forecast_w = np.ascontiguousarray((w_f @ w_o).T.reshape(heads, d, -1), dtype=np.float32)
         self._forecast_b = (w_f @ b_o + b_f).astype(np.float32)
 
-    def _attend(self, x: np.ndarray):
+    def _attend(self, x: np.ndarray, need_weights: bool):
         T, E, H = x.shape[0], self.E, self.heads
         d = E // H
         qkv, _ = self.linears["in_proj"].run(x)
@@ -120,7 +120,7 @@ class ProductivityHead:
         # < 0: unbounded; a window wider than the sequence is clamped to it, so the band (and any
         # buffer) is sized by the input, never by a number in the file.
         left, right = (min(w, T - 1) for w in self.window) if self.window is not None else (-1, -1)
-        banded = self.need_weights and self.window is not None and not self.global_tokens
+        banded = need_weights and self.window is not None and not self.global_tokens
         v = np.ascontiguousarray(qkv[2])
         del qkv  # peak memory matters on desktops: keep only the per-head copies
         out = np.empty((H, T, d), np.float32)
@@ -134,7 +134,7 @@ class ProductivityHead:
         weights = None
         if banded:
             weights = band.mean(axis=0)
-        elif self.need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
+        elif need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
             weights = self._dense_weights(q, k, lse, scale)
         return out, weights
 
@@ -162,8 +162,9 @@ class ProductivityHead:
             weights[i0:i1, keys] = scores.mean(axis=0)
         return weights
 
-    def _one(self, x: np.ndarray):
-        ctx, weights = self._attend(x)  # (H, T, d) per-head attention output, before out_proj
+    def outputs(self, x: np.ndarray, need_weights: bool = True):
+        """The four outputs of one unbatched (T, E) input (``need_weights`` per call: no shared state)."""
+        ctx, weights = self._attend(x, need_weights)  # (H, T, d) per-head attention output, before out_proj
         heads = np.matmul(ctx, self._heads_w).sum(axis=0)  # (T, C + 1)
         heads += self._heads_b
         C = self.config["output_dim"]
@@ -176,10 +177,10 @@ class ProductivityHead:
             raise ValueError(f"productivity_head: input must be (T, {self.E}) or (B, T, {self.E}) with T > 0, "
                              f"got {x.shape}")
         if x.ndim == 2:
-            return self._one(x), None
+            return self.outputs(x, self.need_weights), None
         if x.shape[0] == 0:
             return self._empty(x.shape[1]), None
-        results = [self._one(xb) for xb in x]
+        results = [self.outputs(xb, self.need_weights) for xb in x]
         stacked = tuple(None if r[0] is None else np.stack(r) for r in zip(*results))
         return stacked, None
 
