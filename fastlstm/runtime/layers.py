@@ -191,11 +191,11 @@ class LSTMStack:
                 gx += bias[0]
             w_hr = None if e["w_hr"] is None else e["w_hr"][d]
             _C.lstm_recurrence_fwd("float32", buf(gx), buf(e["w_hh"][d]), buf(w_hr), buf(h0), buf(c0), buf(None),
-                                   buf(y), buf(hn), buf(cn), (0, 0), (0, 0), T, 1, 1, H, P, 1)
+                                   buf(y), buf(hn), buf(cn), buf(None), buf(None), T, 1, 1, H, P, 1)
         else:
             w = [e["w_ih"], e["w_hh"]] + ([e["w_hr"]] if e["w_hr"] else [])
             parts = [buf(p) for wt in w for p in (wt.packed[d], wt.scale[d], wt.rowsum[d])]
-            parts += [(0, 0)] * (9 - len(parts))
+            parts += [buf(None)] * (9 - len(parts))
             _C.int8_lstm_fwd(buf(x), *parts, buf(bias), buf(h0), buf(c0), buf(None), buf(y), buf(hn), buf(cn),
                              T, 1, 1, e["I"], H, P, 1)
         y = y.reshape(T, P)

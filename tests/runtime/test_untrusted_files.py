@@ -32,9 +32,12 @@ def _lstm_file(path, bias=True, dtype="float32"):
     return tensors, config
 
 
-def _head_file(path, window=(2, 1), dtype="float32"):
-    """linear(5 -> 8) then a productivity_head (E=8, 2 heads)."""
-    E, C, F = 8, 3, 5
+ENCODER = {"apps": ["vscode", "slack"], "max_apps": 4, "score_range": [0, 1], "duration_scale": 3600.0, "window": 16}
+
+
+def _head_file(path, window=(2, 1), dtype="float32", encoder=None):
+    """linear(F -> 8) then a productivity_head (E=8, 2 heads); F = 5, or the encoder's 13 features."""
+    E, C, F = 8, 3, 5 if encoder is None else 13
     tensors = {"0.weight": RNG.standard_normal((E, F)).astype(np.float32), "0.bias": np.zeros(E, np.float32)}
     for sub, (n, k) in dict(in_proj=(3 * E, E), out_proj=(E, E), pattern=(C, E), forecast=(F, E), anomaly=(1, E)).items():
         tensors[f"1.{sub}.weight"] = (RNG.standard_normal((n, k)) * 0.3).astype(np.float32)
@@ -44,6 +47,8 @@ def _head_file(path, window=(2, 1), dtype="float32"):
                               window=None if window is None else list(window), global_tokens=0, output_dim=C,
                               forecast_dim=F, dtype=dtype)],
               "outputs": "tensor"}
+    if encoder is not None:
+        config["encoder"] = encoder
     rt_format.write(path, tensors, config)
     return tensors, config
 
@@ -173,6 +178,17 @@ def test_lengths_are_checked(tmp_path):
             m(x, lengths=bad)
 
 
+@pytest.mark.parametrize("field,value", [("apps", ["a", "a"]), ("apps", [""]), ("apps", "ab"), ("max_apps", 1),
+                                         ("score_range", [1, 0]), ("score_range", [0, "1"]), ("duration_scale", 0),
+                                         ("window", 0), ("window", True), ("extra", 1)])
+def test_encoder_fields_are_checked(tmp_path, field, value):
+    p = tmp_path / "m.safetensors"
+    tensors, config = _head_file(p, encoder=ENCODER)
+    assert rt.load(p).encoder.apps == ["vscode", "slack"]
+    config["encoder"] = dict(ENCODER, **{field: value})
+    _refused(p, tensors, config, "encoder" + ("" if field == "extra" else f".{field}"))
+
+
 def test_many_layers_load_and_too_many_are_refused(tmp_path):
     """Tensors are grouped by layer in one pass (was a scan per layer: 4x layers, 15x time)."""
     def chain(n):
@@ -241,6 +257,9 @@ def _assert_value_error_or_valid(p, x):
 def valid_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("valid")
     files = []
+    p = d / "app.safetensors"
+    _head_file(p, encoder=ENCODER)
+    files.append((rt_format.read(p), np.ones((4, 13), np.float32)))
     for name, make in (("lstm", _lstm_file), ("head", _head_file), ("lstm8", lambda p: _lstm_file(p, dtype="int8"))):
         p = d / f"{name}.safetensors"
         if name == "lstm8":
