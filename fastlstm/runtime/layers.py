@@ -32,7 +32,9 @@ def get_num_threads() -> int:
 
 def register_layer(cls):
     """Class decorator: makes ``cls`` loadable under ``cls.TYPE``; ``cls.KEYS`` lists its config fields
-    (anything else in a file's layer config is rejected as corruption)."""
+    (anything else in a file's layer config is rejected as corruption). An instance sets
+    ``in_features`` and ``out_features`` (None when it returns several outputs and must come last),
+    which the model checks from layer to layer."""
     LAYER_TYPES[cls.TYPE] = cls
     return cls
 

@@ -5,6 +5,8 @@ Config (the file's ``config`` metadata, JSON):
 Layers run in order, each feeding the next; tensors of layer ``name`` are
 stored as ``"{name}.{tensor}"``. ``outputs`` "lstm" (a lone LSTM) returns
 ``(output, (h_n, c_n))`` like torch.nn.LSTM; "tensor" returns the last output.
+``encoder`` (optional): the productivity app's features (``FeatureEncoder.from_config``).
+The file is untrusted: every field is checked and every failure is a ValueError naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import numpy as np
 
 from fastlstm.runtime import format as _format
+from fastlstm.runtime.events import FeatureEncoder
 from fastlstm.runtime.layers import LAYER_TYPES
 
 _CONFIG_KEYS = {"layers", "outputs", "encoder"}
@@ -72,8 +75,6 @@ class Model:
                                  f"the layer before it gives {prev.out_features}")
         self.encoder = None
         if "encoder" in config:
-            from fastlstm.runtime.events import FeatureEncoder
-
             self.encoder = FeatureEncoder.from_config(config["encoder"])
             if self.encoder.input_dim != self.layers[0].in_features:
                 raise ValueError(f"runtime model: config field 'encoder' gives {self.encoder.input_dim} features, "

@@ -15,6 +15,8 @@ equals a full recompute (float rounding; tested to 1e-4). Beyond it, steps
 before ``b`` keep the outputs they had when they left the window (at least W
 events of look-ahead). Cost per append: k + O(W) LSTM steps; attention
 O(W x (W + window)) scores with a windowed model, O(W x n) with dense attention.
+The returned prediction covers the whole day, so assembling it (softmax, spans)
+is O(n) array work on top, no model work.
 
 >>> stream = fastlstm.runtime.ProductivityApp.load(path).stream(window=256)
 >>> pred = stream.append([("2026-01-05T09:00", "vscode", 600, 0.9)])
