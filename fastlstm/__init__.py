@@ -34,7 +34,13 @@ def _load(name: str):
     import importlib
 
     module = _TORCH_API[name]
-    value = importlib.import_module(f"fastlstm.{name}") if module is None else getattr(importlib.import_module(module), name)
+    try:
+        value = importlib.import_module(f"fastlstm.{name}") if module is None else getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise ImportError(f"fastlstm.{name} needs torch, which is not installed (pip install torch, or "
+                          "fastlstm[torch]); the desktop runtime fastlstm.runtime runs without it") from exc
     globals()[name] = value
     return value
 
@@ -54,7 +60,7 @@ def __dir__():
     return sorted(set(globals()) | set(_TORCH_API))
 
 
-if "torch" in _sys.modules:
+if _sys.modules.get("torch") is not None:  # None: torch was blocked (a torch-free process)
     _load_torch_api()
 
 __all__ = [

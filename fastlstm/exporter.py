@@ -15,6 +15,7 @@ from torch import nn
 from fastlstm.nn.lstm import LSTM as _FastLSTM
 from fastlstm.nn.quantized import QuantizedLinear, QuantizedLSTM, _np
 from fastlstm.runtime import save
+from fastlstm.runtime.events import FeatureEncoder
 from fastlstm.runtime.layers import lstm_tensors_from_flat
 from fastlstm.runtime.quant import quantize_rows
 
@@ -83,7 +84,8 @@ def export(model: nn.Module, path: str | os.PathLike, dtype: str | None = None) 
 
     ``dtype``: "float32" or "int8" (quantise float layers on the way); default: int8 when
     the model contains quantised modules, else float32. A lone LSTM's runtime model returns
-    ``(output, (h_n, c_n))``; a Sequential returns its last output.
+    ``(output, (h_n, c_n))``; a Sequential returns its last output. A model with an ``encoder``
+    (a :class:`fastlstm.runtime.FeatureEncoder`) stores it in the same file.
 
     >>> fastlstm.export(fastlstm.quantize_dynamic(lstm), "lstm_int8.safetensors")
     >>> out, (h_n, c_n) = fastlstm.runtime.load("lstm_int8.safetensors")(x_numpy)
@@ -102,4 +104,8 @@ def export(model: nn.Module, path: str | os.PathLike, dtype: str | None = None) 
         for k, v in own.items():
             tensors[f"{i}.{k}"] = np.ascontiguousarray(v)
     lone_lstm = len(specs) == 1 and specs[0]["type"] == "lstm"
-    save(path, {"layers": specs, "outputs": "lstm" if lone_lstm else "tensor"}, tensors)
+    config = {"layers": specs, "outputs": "lstm" if lone_lstm else "tensor"}
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, FeatureEncoder):  # the app's features travel with the model (one file)
+        config["encoder"] = encoder.to_config()
+    save(path, config, tensors)

@@ -14,8 +14,6 @@ anomaly_output, attn_weights)`` like the document's code.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import torch
@@ -26,6 +24,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from fastlstm.models import reference as _reference
 from fastlstm.models.activity import PATTERNS, ActivityEncoder, read_log
 from fastlstm.nn import LSTM, Dropout
+from fastlstm.runtime.app import AnomalySpan, ProductivityPrediction, make_prediction  # noqa: F401
 from fastlstm.ops.lstm import lstm as lstm_op
 
 try:  # the fused sparse attention module, where this build has it
@@ -222,30 +221,6 @@ def dense_attention_weights(weights: Tensor | None, window, T: int) -> Tensor | 
 # --------------------------------------------------------------------------
 
 
-@dataclass
-class AnomalySpan:
-    start: int          # first step (inclusive)
-    end: int            # last step (inclusive)
-    peak: float         # highest anomaly probability in the span
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-
-
-@dataclass
-class ProductivityPrediction:
-    """What :meth:`ProductivityLSTM.predict` returns for one log of T events."""
-
-    timestamps: list            # T datetimes (empty when features were given)
-    patterns: list[str]         # T pattern labels
-    pattern_ids: np.ndarray     # (T,) int
-    pattern_probs: np.ndarray   # (T, output_dim)
-    forecast: float | None      # next period's productivity, in the encoder's score units
-    forecast_features: np.ndarray  # (input_dim,) the forecaster's raw output
-    anomaly_scores: np.ndarray  # (T,) probabilities
-    anomalies: list[AnomalySpan]
-    attention: np.ndarray | None  # (T, T) head-averaged weights (row: query step)
-
-
 class ProductivityLSTM(nn.Module):
     """The document's activity model on fastlstm kernels.
 
@@ -301,7 +276,7 @@ class ProductivityLSTM(nn.Module):
         self.pattern_classifier = nn.Linear(width, output_dim)
         self.forecaster = nn.Linear(width, input_dim)
         self.anomaly_detector = nn.Linear(width, 1)
-        self.encoder: ActivityEncoder | None = None  # set by training / from_pretrained for predict()
+        self.encoder: ActivityEncoder | None = None  # set by training / from_pretrained, for predict()
 
     # -- reference interop -------------------------------------------------------
 
@@ -381,6 +356,21 @@ class ProductivityLSTM(nn.Module):
         anomaly_output = self.anomaly_detector(attn_output)
         return pattern_output, forecast_output, anomaly_output, attn_weights
 
+    # -- one file with the encoder (fastlstm/models/productivity_io.py) -------------
+
+    def save_pretrained(self, path, dtype: str = "float32", window: int | None = None) -> None:
+        """This model and ``self.encoder`` in one runtime file (``fastlstm.runtime.ProductivityApp`` loads it)."""
+        from fastlstm.models.productivity_io import save_pretrained
+
+        save_pretrained(self, path, dtype, window)
+
+    @classmethod
+    def from_pretrained(cls, path) -> "ProductivityLSTM":
+        """The model and encoder :meth:`save_pretrained` wrote (float32 files), in eval mode."""
+        from fastlstm.models.productivity_io import from_pretrained
+
+        return from_pretrained(cls, path)
+
     # -- fine-tuning helpers -------------------------------------------------------
 
     PARTS = ("embedding", "lstm", "attention", "heads")
@@ -458,34 +448,10 @@ def _module_forward(lstm: nn.Module, h: Tensor, state, lengths: Tensor | None) -
     return out
 
 
-def _spans(scores: np.ndarray, threshold: float, timestamps) -> list[AnomalySpan]:
-    spans, start = [], None
-    for t, flagged in enumerate(list(scores >= threshold) + [False]):
-        if flagged and start is None:
-            start = t
-        elif not flagged and start is not None:
-            span = AnomalySpan(start, t - 1, float(scores[start:t].max()))
-            if timestamps:
-                span.start_time, span.end_time = timestamps[start], timestamps[t - 1]
-            spans.append(span)
-            start = None
-    return spans
-
-
 def _prediction(pattern, forecast, anomaly, attn, timestamps, encoder, threshold) -> ProductivityPrediction:
-    probs = torch.softmax(pattern.float(), dim=-1).cpu().numpy()
-    ids = probs.argmax(-1)
-    names = [PATTERNS[i] if i < len(PATTERNS) else f"pattern{i}" for i in ids]
-    scores = torch.sigmoid(anomaly.float()).cpu().numpy()
-    fvec = forecast.float().cpu().numpy()
-    value = None
-    if encoder is not None and fvec.shape[0] == encoder.input_dim:
-        value = encoder.score_from_feature(float(np.clip(fvec[encoder.score_index], 0.0, 1.0)))
-    return ProductivityPrediction(
-        timestamps=list(timestamps), patterns=names, pattern_ids=ids, pattern_probs=probs, forecast=value,
-        forecast_features=fvec, anomaly_scores=scores, anomalies=_spans(scores, threshold, timestamps),
-        attention=None if attn is None else attn.float().cpu().numpy(),
-    )
+    numpy = lambda t: None if t is None else t.detach().float().cpu().numpy()  # noqa: E731
+    return make_prediction(numpy(pattern), numpy(forecast), numpy(anomaly), numpy(attn), timestamps, encoder,
+                           threshold)
 
 
 __all__ = ["AnomalySpan", "ProductivityLSTM", "ProductivityPrediction"]

@@ -32,15 +32,31 @@ def get_num_threads() -> int:
 
 def register_layer(cls):
     """Class decorator: makes ``cls`` loadable under ``cls.TYPE``; ``cls.KEYS`` lists its config fields
-    (anything else in a file's layer config is rejected as corruption)."""
+    (anything else in a file's layer config is rejected as corruption). An instance sets
+    ``in_features`` and ``out_features`` (None when it returns several outputs and must come last),
+    which the model checks from layer to layer."""
     LAYER_TYPES[cls.TYPE] = cls
     return cls
 
 
-def _need(config: dict, key: str, kind, name: str):
-    if key not in config or not isinstance(config[key], kind) or isinstance(config[key], bool) != (kind is bool):
-        raise ValueError(f"{name}: config field {key!r} missing or not {kind.__name__}")
-    return config[key]
+_MAX_SIZE = 1 << 24  # any width or count beyond this cannot come from a real model file
+
+
+def _need(config: dict, key: str, kind, name: str, low: int = 1):
+    """A config field of type ``kind`` (ints within [low, 2**24]); ValueError naming it otherwise."""
+    value = config.get(key)
+    if key not in config or not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise ValueError(f"{name}: config field {key!r} missing or not {kind.__name__}: {value!r}"[:300])
+    if kind is int and not low <= value <= _MAX_SIZE:
+        raise ValueError(f"{name}: config field {key!r} = {value} is outside [{low}, {_MAX_SIZE}]")
+    return value
+
+
+def _dtype_field(config: dict, name: str) -> str:
+    dtype = config.get("dtype")
+    if dtype not in ("float32", "int8") or not isinstance(dtype, str):
+        raise ValueError(f"{name}: config field 'dtype' must be 'float32' or 'int8', got {dtype!r}"[:300])
+    return dtype
 
 
 def _tensor(tensors: dict, key: str, shape: tuple, dtype, name: str) -> np.ndarray:
@@ -50,6 +66,13 @@ def _tensor(tensors: dict, key: str, shape: tuple, dtype, name: str) -> np.ndarr
     if tuple(t.shape) != tuple(shape) or t.dtype != np.dtype(dtype):
         raise ValueError(f"{name}: tensor {key!r} is {t.dtype} {list(t.shape)}, expected {np.dtype(dtype)} {list(shape)}")
     return np.ascontiguousarray(t)
+
+
+def _no_extra(tensors: dict, expected: set, name: str) -> None:
+    """A tensor the config does not call for (e.g. a bias with ``bias: false``) is corruption, not ignored."""
+    extra = set(tensors) - expected
+    if extra:
+        raise ValueError(f"{name}: tensors {sorted(extra)[:5]} are not part of this layer's config")
 
 
 @register_layer
@@ -75,17 +98,27 @@ class LSTMStack:
         self.hidden_size = H = _need(config, "hidden_size", int, name)
         self.num_layers = _need(config, "num_layers", int, name)
         self.bidirectional = _need(config, "bidirectional", bool, name)
-        self.proj_size = _need(config, "proj_size", int, name)
+        self.proj_size = _need(config, "proj_size", int, name, low=0)
         self.bias = _need(config, "bias", bool, name)
         self.batch_first = _need(config, "batch_first", bool, name)
-        self.dtype = config.get("dtype")
-        if self.dtype not in ("float32", "int8"):
-            raise ValueError(f"{name}: dtype must be 'float32' or 'int8', got {self.dtype!r}")
-        if min(self.input_size, H, self.num_layers) < 1 or not 0 <= self.proj_size < H:
-            raise ValueError(f"{name}: invalid sizes in config")
+        self.dtype = _dtype_field(config, name)
+        if self.proj_size >= H:
+            raise ValueError(f"{name}: config field 'proj_size' = {self.proj_size} must be < hidden_size {H}")
         D = self.D = 2 if self.bidirectional else 1
         P = self.P = self.proj_size or H
         G = 4 * H
+        self.in_features, self.out_features = self.input_size, D * P
+        expected = set()
+        for layer in range(self.num_layers):
+            names = ["w_ih", "w_hh"] + (["w_hr"] if self.proj_size else [])
+            expected.update(f"l{layer}.{w}" for w in names)
+            if self.dtype == "int8":
+                expected.update(f"l{layer}.{w}_scale" for w in names)
+            if self.bias:
+                expected.add(f"l{layer}.bias")
+            if len(expected) > len(tensors):
+                break  # more layers than tensors: the missing one is named below
+        _no_extra(tensors, expected, name)
         self.layers = []
         for layer in range(self.num_layers):
             I = self.input_size if layer == 0 else D * P
@@ -138,6 +171,38 @@ class LSTMStack:
         )
         return y, hn, cn
 
+    def run_direction(self, layer: int, direction: int, x: np.ndarray, state=None, reverse: bool = False):
+        """One direction of one layer over an unbatched ``x (T, I)`` from ``state`` ((P,), (H,)) or zeros;
+        ``reverse`` runs it from the last step to the first. Returns ``(y (T, P), (h (P,), c (H,)))``.
+        (The streaming API runs the two directions of a Bi-LSTM over different spans.)"""
+        e, H, P, G = self.layers[layer], self.hidden_size, self.P, 4 * self.hidden_size
+        x = np.ascontiguousarray(x[::-1] if reverse else x, dtype=np.float32)
+        T = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != e["I"] or T == 0:
+            raise ValueError(f"lstm: run_direction needs (T > 0, {e['I']}) input, got {x.shape}")
+        h0 = np.zeros((1, 1, P), np.float32) if state is None else np.ascontiguousarray(state[0], np.float32).reshape(1, 1, P)
+        c0 = np.zeros((1, 1, H), np.float32) if state is None else np.ascontiguousarray(state[1], np.float32).reshape(1, 1, H)
+        d = slice(direction, direction + 1)
+        y = np.empty((T, 1, 1, P), np.float32)
+        hn = np.empty((1, 1, P), np.float32)
+        cn = np.empty((1, 1, H), np.float32)
+        bias = None if e["bias"] is None else np.ascontiguousarray(e["bias"][d])
+        if self.dtype == "float32":
+            gx = np.ascontiguousarray(x @ e["w_ih_t"][:, direction * G:(direction + 1) * G])
+            if bias is not None:
+                gx += bias[0]
+            w_hr = None if e["w_hr"] is None else e["w_hr"][d]
+            _C.lstm_recurrence_fwd("float32", buf(gx), buf(e["w_hh"][d]), buf(w_hr), buf(h0), buf(c0), buf(None),
+                                   buf(y), buf(hn), buf(cn), buf(None), buf(None), T, 1, 1, H, P, 1)
+        else:
+            w = [e["w_ih"], e["w_hh"]] + ([e["w_hr"]] if e["w_hr"] else [])
+            parts = [buf(p) for wt in w for p in (wt.packed[d], wt.scale[d], wt.rowsum[d])]
+            parts += [buf(None)] * (9 - len(parts))
+            _C.int8_lstm_fwd(buf(x), *parts, buf(bias), buf(h0), buf(c0), buf(None), buf(y), buf(hn), buf(cn),
+                             T, 1, 1, e["I"], H, P, 1)
+        y = y.reshape(T, P)
+        return (y[::-1] if reverse else y), (hn.reshape(P), cn.reshape(H))
+
     def run(self, x: np.ndarray, state=None, lengths: np.ndarray | None = None):
         """x: (T, B, I) (``(B, T, I)`` when batch_first) or (T, I); state: (h0 (L*D, B, P), c0 (L*D, B, H)) or None;
         lengths: (B,) int64 or None. Returns (output (T, B, D*P), (h_n, c_n)), batch_first/unbatched like the input."""
@@ -168,9 +233,15 @@ class LSTMStack:
             if h0_all.shape != (L * D, B, P) or c0_all.shape != (L * D, B, H):
                 raise ValueError(f"lstm: state shapes {h0_all.shape}, {c0_all.shape}; expected {(L * D, B, P)}, {(L * D, B, H)}")
         if lengths is not None:
+            lengths = np.asarray(lengths)
+            if lengths.dtype.kind not in "iu" or lengths.shape != (B,):
+                raise ValueError(f"lstm: lengths must be ({B},) integers, got {lengths.dtype} {lengths.shape}")
             lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-            if lengths.shape != (B,):
-                raise ValueError(f"lstm: lengths must have shape ({B},), got {lengths.shape}")
+            if B and not (lengths.min() >= 1 and lengths.max() <= T):
+                raise ValueError(f"lstm: lengths must lie in [1, {T}], got {lengths.min()}..{lengths.max()}")
+        if B == 0:
+            out = np.zeros((0, T, D * P) if batched and self.batch_first else (T, 0, D * P), np.float32)
+            return out, (h0_all.copy(), c0_all.copy())
         step = self._layer_fp32 if self.dtype == "float32" else self._layer_int8
         h_n, c_n = [], []
         for layer, e in enumerate(self.layers):
@@ -214,9 +285,9 @@ class Linear:
         self.in_features = K = _need(config, "in_features", int, name)
         self.out_features = N = _need(config, "out_features", int, name)
         has_bias = _need(config, "bias", bool, name)
-        self.dtype = config.get("dtype")
-        if K < 1 or N < 1:
-            raise ValueError(f"{name}: invalid sizes in config")
+        self.dtype = _dtype_field(config, name)
+        _no_extra(tensors, {"weight"} | ({"bias"} if has_bias else set())
+                  | ({"weight_scale"} if self.dtype == "int8" else set()), name)
         self.bias = _tensor(tensors, "bias", (N,), np.float32, name) if has_bias else None
         if self.dtype == "float32":
             self.weight_t = np.ascontiguousarray(_tensor(tensors, "weight", (N, K), np.float32, name).T)
@@ -226,8 +297,6 @@ class Linear:
             s = _tensor(tensors, "weight_scale", (N,), np.float32, name)
             self.weight = PackedWeight(q[None], s[None])
             self.q_weight = q  # row-major int8, for layers that fold weights at load
-        else:
-            raise ValueError(f"{name}: dtype must be 'float32' or 'int8', got {self.dtype!r}")
 
     def run(self, x: np.ndarray, state=None, lengths=None):
         x = np.asarray(x, dtype=np.float32)

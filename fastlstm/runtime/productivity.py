@@ -10,7 +10,8 @@ weights or None)`` for an unbatched ``(T, input_dim)`` input, with a
 leading batch axis for ``(B, T, input_dim)``. The weights are head-averaged,
 banded ``(T, left + right + 1)`` for a sliding window without global tokens
 (as the torch model returns them; column ``s`` of query ``i`` is key
-``i - left + s``), dense ``(T, T)`` otherwise. Attention itself runs in the
+``i - left + s``; ``left`` and ``right`` clamped to ``T - 1``, see
+``band_window``), dense ``(T, T)`` otherwise. Attention itself runs in the
 fused sparse kernel of ``fastlstm._C``.
 
 >>> model = fastlstm.runtime.load("productivity_int8.safetensors")
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastlstm._ext import _C, buf
-from fastlstm.runtime.layers import Linear, get_num_threads, register_layer
+from fastlstm.runtime.layers import _MAX_SIZE, Linear, _dtype_field, _need, get_num_threads, register_layer
 
 _BLOCK = 128  # queries per block: bounds the score buffer to heads x 128 x keys
 
@@ -64,21 +65,21 @@ class ProductivityHead:
     def __init__(self, config: dict, tensors: dict[str, np.ndarray]) -> None:
         name = f"productivity_head layer {config.get('name', '?')!r}"
         for key in ("embed_dim", "num_heads", "global_tokens", "output_dim", "forecast_dim"):
-            value = config.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "global_tokens" else 1):
-                raise ValueError(f"{name}: config field {key!r} missing or invalid: {value!r}")
+            _need(config, key, int, name, low=0 if key == "global_tokens" else 1)
         E, heads = config["embed_dim"], config["num_heads"]
         if E % heads:
-            raise ValueError(f"{name}: embed_dim {E} is not divisible by num_heads {heads}")
-        window = config.get("window")
+            raise ValueError(f"{name}: config field 'embed_dim' {E} is not divisible by num_heads {heads}")
+        if "window" not in config:
+            raise ValueError(f"{name}: config field 'window' missing")
+        window = config["window"]
         if window is not None:
             if (not isinstance(window, list) or len(window) != 2
-                    or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in window)):
-                raise ValueError(f"{name}: window must be null or [left, right] of ints >= 0, got {window!r}")
+                    or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= _MAX_SIZE for w in window)):
+                raise ValueError(f"{name}: config field 'window' must be null or [left, right] of ints in "
+                                 f"[0, {_MAX_SIZE}], got {window!r}"[:300])
             window = (window[0], window[1])
-        self.dtype = config.get("dtype")
-        if self.dtype not in ("float32", "int8"):
-            raise ValueError(f"{name}: dtype must be 'float32' or 'int8', got {self.dtype!r}")
+        self.dtype = _dtype_field(config, name)
+        self.in_features, self.out_features = E, None  # several outputs: the last layer
         self.config, self.E, self.heads, self.window = dict(config), E, heads, window
         self.global_tokens = config["global_tokens"]
         self.need_weights = True
@@ -110,14 +111,16 @@ class ProductivityHead:
         self._forecast_w = np.ascontiguousarray((w_f @ w_o).T.reshape(heads, d, -1), dtype=np.float32)
         self._forecast_b = (w_f @ b_o + b_f).astype(np.float32)
 
-    def _attend(self, x: np.ndarray):
+    def _attend(self, x: np.ndarray, need_weights: bool):
         T, E, H = x.shape[0], self.E, self.heads
         d = E // H
         qkv, _ = self.linears["in_proj"].run(x)
         qkv = qkv.reshape(T, 3, H, d).transpose(1, 2, 0, 3)  # (3, H, T, d) view
         q, k = np.ascontiguousarray(qkv[0]), np.ascontiguousarray(qkv[1])
-        left, right = self.window if self.window is not None else (-1, -1)  # < 0: unbounded
-        banded = self.need_weights and self.window is not None and not self.global_tokens
+        # < 0: unbounded; a window wider than the sequence is clamped to it, so the band (and any
+        # buffer) is sized by the input, never by a number in the file.
+        left, right = (min(w, T - 1) for w in self.window) if self.window is not None else (-1, -1)
+        banded = need_weights and self.window is not None and not self.global_tokens
         v = np.ascontiguousarray(qkv[2])
         del qkv  # peak memory matters on desktops: keep only the per-head copies
         out = np.empty((H, T, d), np.float32)
@@ -131,7 +134,7 @@ class ProductivityHead:
         weights = None
         if banded:
             weights = band.mean(axis=0)
-        elif self.need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
+        elif need_weights:  # dense (T, T): one exp per allowed score, from the kernel's log-sum-exp
             weights = self._dense_weights(q, k, lse, scale)
         return out, weights
 
@@ -159,8 +162,9 @@ class ProductivityHead:
             weights[i0:i1, keys] = scores.mean(axis=0)
         return weights
 
-    def _one(self, x: np.ndarray):
-        ctx, weights = self._attend(x)  # (H, T, d) per-head attention output, before out_proj
+    def outputs(self, x: np.ndarray, need_weights: bool = True):
+        """The four outputs of one unbatched (T, E) input (``need_weights`` per call: no shared state)."""
+        ctx, weights = self._attend(x, need_weights)  # (H, T, d) per-head attention output, before out_proj
         heads = np.matmul(ctx, self._heads_w).sum(axis=0)  # (T, C + 1)
         heads += self._heads_b
         C = self.config["output_dim"]
@@ -173,10 +177,28 @@ class ProductivityHead:
             raise ValueError(f"productivity_head: input must be (T, {self.E}) or (B, T, {self.E}) with T > 0, "
                              f"got {x.shape}")
         if x.ndim == 2:
-            return self._one(x), None
-        results = [self._one(xb) for xb in x]
+            return self.outputs(x, self.need_weights), None
+        if x.shape[0] == 0:
+            return self._empty(x.shape[1]), None
+        results = [self.outputs(xb, self.need_weights) for xb in x]
         stacked = tuple(None if r[0] is None else np.stack(r) for r in zip(*results))
         return stacked, None
+
+    def band_window(self, T: int):
+        """``(left, right)`` of the banded weights for a T-step input (the window clamped to T - 1),
+        or None when the weights come back dense (T, T)."""
+        if self.window is None or self.global_tokens:
+            return None
+        return tuple(min(w, T - 1) for w in self.window)
+
+    def _empty(self, T: int):
+        """The four outputs of a batch of 0 sequences (shapes as for any batch)."""
+        C, F = self.config["output_dim"], self.config["forecast_dim"]
+        band = self.band_window(T)
+        weights = None
+        if self.need_weights:
+            weights = np.zeros((0, T, T if band is None else band[0] + band[1] + 1), np.float32)
+        return (np.zeros((0, T, C), np.float32), np.zeros((0, F), np.float32), np.zeros((0, T, 1), np.float32), weights)
 
     def nbytes(self) -> int:
         """Bytes of the loaded parameters."""

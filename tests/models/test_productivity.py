@@ -199,7 +199,7 @@ def test_predict_outputs(day_setup):
 
 
 def test_predict_spans():
-    from fastlstm.models.productivity import _spans
+    from fastlstm.runtime.app import anomaly_spans as _spans
 
     spans = _spans(np.array([0.1, 0.7, 0.9, 0.2, 0.6]), 0.5, [])
     assert [(s.start, s.end) for s in spans] == [(1, 2), (4, 4)] and spans[0].peak == pytest.approx(0.9)
