@@ -316,7 +316,8 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, global_tokens: int, key_paddi
         raise ValueError(f"sparse_attention: global_tokens must be an int >= 0; got {global_tokens!r}")
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
-            raise TypeError("sparse_attention: key_padding_mask must be a bool Tensor (True = padding)")
+            got = key_padding_mask.dtype if isinstance(key_padding_mask, Tensor) else type(key_padding_mask).__name__
+            raise TypeError(f"sparse_attention: key_padding_mask must be a bool Tensor (True = padding), got {got}")
         if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
             raise ValueError(
                 f"sparse_attention: key_padding_mask must have shape (B, Tk) = {(k.shape[0], k.shape[2])}; "
