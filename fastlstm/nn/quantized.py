@@ -39,7 +39,7 @@ _INPUT_DTYPES = (torch.float32, torch.float64)  # converted to float32, the kern
 
 def _check_input_dtype(name: str, t: Tensor) -> None:
     if t.dtype not in _INPUT_DTYPES:
-        raise TypeError(f"{name}: input must be float32 or float64, got {t.dtype}")
+        raise TypeError(f"{name}: input must be floating point (float32 or float64), got {t.dtype}")
 
 
 def _refuse_tracing(name: str) -> None:
