@@ -75,10 +75,36 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def buf(tensor) -> tuple[int, int]:
-    """``(address, numel)`` of a dense tensor or array, or ``(0, 0)`` for None."""
+NO_BUF = (0, 0, 0, None)
+
+
+def buf(tensor) -> tuple[int, int, int, object]:
+    """``(address, numel, itemsize, owner)`` of a contiguous tensor or array, or
+    ``NO_BUF`` for None.
+
+    ``owner`` is the tensor itself: the argument tuple of a ``_C`` call keeps it
+    alive until the call returns (the GIL released or not), and ``_C`` checks
+    ``itemsize`` against the element type the kernel reads. The kernels assume
+    dense buffers, so a non-contiguous one is a ValueError.
+    """
     if tensor is None:
-        return (0, 0)
+        return NO_BUF
     if hasattr(tensor, "data_ptr"):
-        return (tensor.data_ptr(), tensor.numel())
-    return (tensor.ctypes.data, tensor.size)
+        if not tensor.is_contiguous():
+            raise ValueError(f"fastlstm: the kernels take contiguous buffers; got a tensor of shape "
+                             f"{tuple(tensor.shape)} with strides {tensor.stride()} (call .contiguous())")
+        return (tensor.data_ptr(), tensor.numel(), tensor.element_size(), tensor)
+    if not tensor.flags.c_contiguous:
+        raise ValueError(f"fastlstm: the kernels take contiguous buffers; got an array of shape "
+                         f"{tensor.shape} with strides {tensor.strides} (use numpy.ascontiguousarray)")
+    return (tensor.ctypes.data, tensor.size, tensor.itemsize, tensor)
+
+
+def strided_buf(tensor) -> tuple[int, int, int, object]:
+    """``(address, span, itemsize, owner)`` of a tensor with non-negative strides,
+    for the kernels that take strides with the buffer: ``span`` is the number of
+    elements from the first element to the last one (inclusive)."""
+    if any(st < 0 for st in tensor.stride()):
+        raise ValueError(f"fastlstm: negative strides {tensor.stride()} are not supported")
+    span = 0 if tensor.numel() == 0 else 1 + sum((n - 1) * st for n, st in zip(tensor.shape, tensor.stride()))
+    return (tensor.data_ptr(), span, tensor.element_size(), tensor)

@@ -104,7 +104,7 @@ def test_binding_checks_sizes_and_pointers():
     with pytest.raises(ValueError, match="proj"):
         call(proj=H + 1)
     with pytest.raises(ValueError, match="aligned"):
-        call(gx=(gx.data_ptr() + 1, gx.numel()))
+        call(gx=(gx.data_ptr() + 1, gx.numel(), 4, gx))
     with pytest.raises(ValueError, match="lengths"):
         call(lengths=buf(torch.tensor([1, 9])))
     with pytest.raises(ValueError, match="together"):

@@ -100,7 +100,7 @@ AttentionDropout checked_dropout(double p, uint64_t seed, const char* fn) {
 // The optional banded weights output of the CPU forward.
 template <typename T>
 void set_band(SparseAttentionFwdParams<T>& p, const Buf& band, const char* fn) {
-  if (band.first == 0) return;
+  if (band.address == 0) return;
   const std::string f(fn);
   if (p.pattern.left < 0 || p.pattern.right < 0 || p.pattern.global_tokens != 0)
     throw py::value_error(f + ": band needs a bounded window (left, right >= 0) and no global tokens");
@@ -152,7 +152,7 @@ void bind_attention(py::module_& m) {
         const char* fn = "sparse_attention_fwd";
         const AttnDims d{B, H, Tq, Tk, D, Dv, left, right, global_tokens};
         const AttentionDropout drop = checked_dropout(dropout_p, seed, fn);
-        if (drop.p > 0 && band.first != 0)
+        if (drop.p > 0 && band.address != 0)
           throw py::value_error(std::string(fn) + ": band weights are not available with dropout");
         if (attn_is_float64(dtype, fn)) {
           auto p = fwd_params<double>(q, k, v, key_padding, out, lse, d, scale, num_threads, fn, {qs, ks, vs, os});
@@ -176,7 +176,7 @@ void bind_attention(py::module_& m) {
       py::arg("dtype"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_padding"), py::arg("out"),
       py::arg("lse"), py::arg("batch"), py::arg("heads"), py::arg("q_len"), py::arg("k_len"), py::arg("head_dim"),
       py::arg("v_dim"), py::arg("left"), py::arg("right"), py::arg("global_tokens"), py::arg("scale"),
-      py::arg("num_threads") = 1, py::arg("band") = Buf{0, 0}, py::arg("q_strides") = Strides{0, 0, 0},
+      py::arg("num_threads") = 1, py::arg("band") = Buf{}, py::arg("q_strides") = Strides{0, 0, 0},
       py::arg("k_strides") = Strides{0, 0, 0}, py::arg("v_strides") = Strides{0, 0, 0},
       py::arg("out_strides") = Strides{0, 0, 0}, py::arg("dropout_p") = 0.0, py::arg("seed") = uint64_t{0});
   m.def(

@@ -21,6 +21,12 @@ void check_inner(int64_t k, const char* fn, const char* name) {
     throw py::value_error(std::string(fn) + ": " + name + " must be in [1, 65536], got " + std::to_string(k));
 }
 
+// int8_packed_size without wrapping: a ValueError when it does not fit 64 bits.
+int64_t packed_size(int64_t n, int64_t k, const char* fn) {
+  return checked_mul({checked_round_up(n, 16, fn, "packed weight"), checked_round_up(k, 4, fn, "packed weight")}, fn,
+                     "packed weight");
+}
+
 void int8_lstm(Buf x, Buf w_ih, Buf w_ih_scale, Buf w_ih_rowsum, Buf w_hh, Buf w_hh_scale, Buf w_hh_rowsum,
                Buf w_hr, Buf w_hr_scale, Buf w_hr_rowsum, Buf bias, Buf h0, Buf c0, Buf lengths, Buf y, Buf hn,
                Buf cn, int64_t T, int64_t B, int64_t D, int64_t I, int64_t H, int64_t P, int num_threads) {
@@ -30,18 +36,18 @@ void int8_lstm(Buf x, Buf w_ih, Buf w_ih_scale, Buf w_ih_rowsum, Buf w_hh, Buf w
   check_inner(I, fn, "input");
   check_inner(H, fn, "hidden");
   if (P < 1 || P > H) throw py::value_error(std::string(fn) + ": proj must be in [1, hidden]");
-  const bool proj = w_hr.first != 0;
+  const bool proj = w_hr.address != 0;
   if (!proj && P != H) throw py::value_error(std::string(fn) + ": proj != hidden requires w_hr");
   const int64_t G = checked_mul({4, H}, fn, "gates");
   Int8LstmParams p;
   p.x = checked_ptr<const float>(x, checked_mul({T, B, I}, fn, "x"), true, fn, "x");
-  p.w_ih = checked_ptr<const int8_t>(w_ih, checked_mul({D, int8_packed_size(G, I)}, fn, "w_ih"), true, fn, "w_ih");
+  p.w_ih = checked_ptr<const int8_t>(w_ih, checked_mul({D, packed_size(G, I, fn)}, fn, "w_ih"), true, fn, "w_ih");
   p.w_ih_scale = checked_ptr<const float>(w_ih_scale, D * G, true, fn, "w_ih_scale");
   p.w_ih_rowsum = checked_ptr<const int32_t>(w_ih_rowsum, D * G, true, fn, "w_ih_rowsum");
-  p.w_hh = checked_ptr<const int8_t>(w_hh, checked_mul({D, int8_packed_size(G, P)}, fn, "w_hh"), true, fn, "w_hh");
+  p.w_hh = checked_ptr<const int8_t>(w_hh, checked_mul({D, packed_size(G, P, fn)}, fn, "w_hh"), true, fn, "w_hh");
   p.w_hh_scale = checked_ptr<const float>(w_hh_scale, D * G, true, fn, "w_hh_scale");
   p.w_hh_rowsum = checked_ptr<const int32_t>(w_hh_rowsum, D * G, true, fn, "w_hh_rowsum");
-  p.w_hr = checked_ptr<const int8_t>(w_hr, checked_mul({D, int8_packed_size(P, H)}, fn, "w_hr"), false, fn, "w_hr");
+  p.w_hr = checked_ptr<const int8_t>(w_hr, checked_mul({D, packed_size(P, H, fn)}, fn, "w_hr"), false, fn, "w_hr");
   p.w_hr_scale = checked_ptr<const float>(w_hr_scale, D * P, proj, fn, "w_hr_scale");
   p.w_hr_rowsum = checked_ptr<const int32_t>(w_hr_rowsum, D * P, proj, fn, "w_hr_rowsum");
   p.bias = checked_ptr<const float>(bias, D * G, false, fn, "bias");
@@ -82,7 +88,7 @@ void bind_int8(py::module_& m) {
         if (n < 1) throw py::value_error(std::string(fn) + ": rows must be >= 1");
         check_inner(k, fn, "cols");
         const int8_t* wp = checked_ptr<const int8_t>(w, checked_mul({n, k}, fn, "w"), true, fn, "w");
-        int8_t* pp = checked_ptr<int8_t>(packed, int8_packed_size(n, k), true, fn, "packed");
+        int8_t* pp = checked_ptr<int8_t>(packed, packed_size(n, k, fn), true, fn, "packed");
         int32_t* rp = checked_ptr<int32_t>(rowsum, n, true, fn, "rowsum");
         py::gil_scoped_release release;
         cpu::int8_pack_weights(wp, n, k, pp, rp);
@@ -90,7 +96,7 @@ void bind_int8(py::module_& m) {
       "Packs a row-major (n, k) int8 weight into the kernels' layout (packed has "
       "round_up(n,16)*round_up(k,4) bytes) and writes its row sums (n int32).",
       py::arg("w"), py::arg("packed"), py::arg("rowsum"), py::arg("rows"), py::arg("cols"));
-  m.def("int8_packed_size", [](int64_t n, int64_t k) { return int8_packed_size(n, k); },
+  m.def("int8_packed_size", [](int64_t n, int64_t k) { return packed_size(n, k, "int8_packed_size"); },
         "Bytes of a packed (n, k) int8 weight.", py::arg("rows"), py::arg("cols"));
   m.def(
       "int8_kernel_info",
@@ -115,7 +121,7 @@ void bind_int8(py::module_& m) {
           throw py::value_error(std::string(fn) + ": qmax must be in [1, " + std::to_string(kern.qmax) +
                                 "] for the " + kern.name + " kernels, got " + std::to_string(qmax));
         const float* xp = checked_ptr<const float>(x, checked_mul({rows, k}, fn, "x"), true, fn, "x");
-        const int8_t* wp = checked_ptr<const int8_t>(w_packed, int8_packed_size(n, k), true, fn, "w_packed");
+        const int8_t* wp = checked_ptr<const int8_t>(w_packed, packed_size(n, k, fn), true, fn, "w_packed");
         const int32_t* rp = checked_ptr<const int32_t>(rowsum, n, true, fn, "rowsum");
         int32_t* ap = checked_ptr<int32_t>(acc, checked_mul({rows, n}, fn, "acc"), true, fn, "acc");
         float* sp = checked_ptr<float>(xs, rows, true, fn, "xs");
@@ -136,7 +142,7 @@ void bind_int8(py::module_& m) {
         if (rows < 0 || n < 1) throw py::value_error(std::string(fn) + ": rows must be >= 0 and n >= 1");
         check_inner(k, fn, "k");
         const float* xp = checked_ptr<const float>(x, checked_mul({rows, k}, fn, "x"), true, fn, "x");
-        const int8_t* wp = checked_ptr<const int8_t>(w_packed, int8_packed_size(n, k), true, fn, "w_packed");
+        const int8_t* wp = checked_ptr<const int8_t>(w_packed, packed_size(n, k, fn), true, fn, "w_packed");
         const int32_t* rp = checked_ptr<const int32_t>(rowsum, n, true, fn, "rowsum");
         const float* sp = checked_ptr<const float>(w_scale, n, true, fn, "w_scale");
         const float* bp = checked_ptr<const float>(bias, n, false, fn, "bias");

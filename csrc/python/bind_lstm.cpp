@@ -34,12 +34,26 @@ void check_lengths(const int64_t* lengths, const Dims& d, const char* fn) {
                             std::to_string(lengths[b]) + " is outside [0, seq_len]");
 }
 
+// cpu::lstm_packed_weights_size without wrapping: a ValueError when the size
+// does not fit 64 bits (the bindings compare buffers against it).
+int64_t packed_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only, const char* fn) {
+  const int64_t W = cpu::lstm_packed_vector_width(is_double);
+  if (W == 0) return 0;
+  const int64_t fwd = checked_mul({checked_round_up(H, W, fn, "packed weights"), P, 4}, fn, "packed weights");
+  const int64_t bwd =
+      forward_only ? 0 : checked_mul({checked_round_up(P, W, fn, "packed weights"), 4, H}, fn, "packed weights");
+  int64_t per_dir;
+  if (__builtin_add_overflow(fwd, bwd, &per_dir))
+    throw py::value_error(std::string(fn) + ": size of packed weights overflows 64 bits");
+  return checked_mul({D, per_dir}, fn, "packed weights");
+}
+
 // The packed weights must match the layout of the kernel active now (the ISA
 // level can be lowered at run time, which changes the layout's width).
 template <typename T>
 const T* checked_packed(const Buf& packed, const Dims& d, const char* fn) {
-  if (packed.first == 0) return nullptr;
-  const int64_t expected = cpu::lstm_packed_weights_size(std::is_same_v<T, double>, d.D, d.H, d.P);
+  if (packed.address == 0) return nullptr;
+  const int64_t expected = packed_size(std::is_same_v<T, double>, d.D, d.H, d.P, false, fn);
   if (expected == 0) return nullptr;  // the active kernel reads w_hh directly
   return checked_ptr<const T>(packed, expected, true, fn, "w_hh_packed (packed for another CPU capability?)");
 }
@@ -50,7 +64,7 @@ void recurrence_fwd(const Buf& gx, const Buf& w_hh, const Buf& w_hr, const Buf& 
                     const Buf& cells, const Dims& d, int num_threads, const Buf& packed) {
   const char* fn = "lstm_recurrence_fwd";
   check_dims(d, fn);
-  const bool proj = w_hr.first != 0;
+  const bool proj = w_hr.address != 0;
   if (!proj && d.P != d.H) throw py::value_error(std::string(fn) + ": proj != hidden_size requires w_hr");
   const int64_t G = checked_mul({4, d.H}, fn, "gates");
   LstmRecurrenceFwdParams<T> p;
@@ -82,7 +96,7 @@ void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_
                     int num_threads, const Buf& packed) {
   const char* fn = "lstm_recurrence_bwd";
   check_dims(d, fn);
-  const bool proj = w_hr.first != 0;
+  const bool proj = w_hr.address != 0;
   if (!proj && d.P != d.H) throw py::value_error(std::string(fn) + ": proj != hidden_size requires w_hr");
   const int64_t G = checked_mul({4, d.H}, fn, "gates");
   LstmRecurrenceBwdParams<T> p;
@@ -155,11 +169,11 @@ void stack_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
     const auto& w = layers[static_cast<size_t>(l)];
     LstmStackLayer& s = stack[static_cast<size_t>(l)];
     s.input = in;
-    s.w_ih_packed = checked_ptr<const float>(w[0], cpu::lstm_packed_weights_size(false, D, H, in, true), true, fn,
+    s.w_ih_packed = checked_ptr<const float>(w[0], packed_size(false, D, H, in, true, fn), true, fn,
                                              (name + "w_ih_packed (packed for another CPU capability?)").c_str());
     s.bias = checked_ptr<const float>(w[1], checked_mul({D, G}, fn, "bias"), false, fn, (name + "bias").c_str());
     s.w_hh = checked_ptr<const float>(w[2], checked_mul({D, G, H}, fn, "w_hh"), true, fn, (name + "w_hh").c_str());
-    s.w_hh_packed = checked_ptr<const float>(w[3], cpu::lstm_packed_weights_size(false, D, H, H), true, fn,
+    s.w_hh_packed = checked_ptr<const float>(w[3], packed_size(false, D, H, H, false, fn), true, fn,
                                              (name + "w_hh_packed (packed for another CPU capability?)").c_str());
   }
   p.layers = stack.data();
@@ -232,7 +246,7 @@ void bind_lstm(py::module_& m) {
       py::arg("dtype"), py::arg("gx"), py::arg("w_hh"), py::arg("w_hr"), py::arg("h0"), py::arg("c0"),
       py::arg("lengths"), py::arg("y"), py::arg("hn"), py::arg("cn"), py::arg("gates"), py::arg("cells"),
       py::arg("seq_len"), py::arg("batch"), py::arg("directions"), py::arg("hidden"), py::arg("proj"),
-      py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{0, 0});
+      py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{});
   m.def(
       "lstm_recurrence_bwd",
       [](const std::string& dtype, Buf dy, Buf dhn, Buf dcn, Buf w_hh, Buf w_hr, Buf c0, Buf gates,
@@ -250,13 +264,13 @@ void bind_lstm(py::module_& m) {
       py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"),
       py::arg("gates"), py::arg("cells"), py::arg("lengths"), py::arg("dgates"), py::arg("dh0"),
       py::arg("dc0"), py::arg("dhproj"), py::arg("seq_len"), py::arg("batch"), py::arg("directions"),
-      py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{0, 0});
+      py::arg("hidden"), py::arg("proj"), py::arg("num_threads") = 1, py::arg("w_hh_packed") = Buf{});
   m.def(
       "lstm_packed_weights_size",
       [](const std::string& dtype, int64_t D, int64_t H, int64_t P, bool forward_only) {
         const char* fn = "lstm_packed_weights_size";
         check_pack_dims(D, H, P, forward_only, fn);
-        return cpu::lstm_packed_weights_size(is_float64(dtype, fn), D, H, P, forward_only);
+        return packed_size(is_float64(dtype, fn), D, H, P, forward_only, fn);
       },
       "Elements of the packed buffer the active CPU kernel wants for w_hh (directions, 4*hidden, proj), "
       "or with forward_only=True for w_ih (directions, 4*hidden, input) passed as proj; 0 when the "
@@ -268,7 +282,7 @@ void bind_lstm(py::module_& m) {
         const char* fn = "lstm_pack_weights";
         check_pack_dims(D, H, P, forward_only, fn);
         const bool f64 = is_float64(dtype, fn);
-        const int64_t n = cpu::lstm_packed_weights_size(f64, D, H, P, forward_only);
+        const int64_t n = packed_size(f64, D, H, P, forward_only, fn);
         if (n == 0) throw py::value_error(std::string(fn) + ": the active CPU kernel takes no packed weights");
         const float* w = checked_ptr<const float>(w_hh, checked_mul({D, 4, H, P}, fn, "w_hh"), true, fn, "w_hh");
         float* out = checked_ptr<float>(packed, n, true, fn, "packed");
@@ -290,7 +304,7 @@ void bind_lstm(py::module_& m) {
           throw py::value_error(std::string(fn) + ": needs float32 and an AVX2 or AVX-512 CPU kernel");
         LstmInputProjParams p;
         p.x = checked_ptr<const float>(x, checked_mul({N, I}, fn, "x"), true, fn, "x");
-        p.w_packed = checked_ptr<const float>(w_packed, cpu::lstm_packed_weights_size(false, D, H, I, true), true,
+        p.w_packed = checked_ptr<const float>(w_packed, packed_size(false, D, H, I, true, fn), true,
                                               fn, "w_packed (packed for another CPU capability?)");
         p.bias = checked_ptr<const float>(bias, checked_mul({D, 4, H}, fn, "bias"), false, fn, "bias");
         p.gx = checked_ptr<float>(gx, checked_mul({N, D, 4, H}, fn, "gx"), true, fn, "gx");

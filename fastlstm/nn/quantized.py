@@ -34,16 +34,53 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
+_INPUT_DTYPES = (torch.float32, torch.float64)  # converted to float32, the kernels' type
+
+
+def _check_input_dtype(name: str, t: Tensor) -> None:
+    if t.dtype not in _INPUT_DTYPES:
+        raise TypeError(f"{name}: input must be floating point (float32 or float64), got {t.dtype}")
+
+
+def _refuse_tracing(name: str) -> None:
+    # The int8 kernels run on numpy views of the tensors, which the tracer cannot
+    # record: a trace would replay its first output as a constant.
+    if torch.jit.is_tracing():
+        raise RuntimeError(f"{name} cannot be traced with torch.jit.trace: it runs its int8 kernels outside "
+                           "torch ops, so the trace would return the traced input's output for every input. "
+                           "Call the module directly, or export it with fastlstm.export.")
+
+
+def _buffer_key(buffers) -> tuple | None:
+    """What the runtime built from ``buffers`` depends on: their identity, address and
+    version (in-place edits bump it), or None when an inference tensor (no version
+    counter) is among them, so that the runtime is rebuilt on every call."""
+    key = []
+    for name, b in buffers:
+        if b is None:
+            continue
+        if b.is_inference():
+            return None
+        key.append((name, id(b), b.data_ptr(), b._version))
+    return tuple(key)
+
+
 class _RuntimeBacked(nn.Module):
     """Keeps the int8 state as buffers (state_dict) and the runtime layer built from them."""
 
     _runtime_cls: type
 
     def _runtime(self):
-        if self._rt is None:
-            tensors = {k: v.numpy() for k, v in self._buffers.items() if v is not None}
-            self._rt = self._runtime_cls(self._rt_config(), tensors)
-        return self._rt
+        """The runtime layer of the current buffers: rebuilt when one was replaced or
+        edited in place (packed int8 weights are copies; scales are views)."""
+        key = _buffer_key(self._buffers.items())
+        cached = self._rt
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        rt = self._runtime_cls(self._rt_config(), self.runtime_tensors())
+        if key is not None:
+            self._rt = (key, rt)  # one assignment: a concurrent forward sees the old pair or the new
+        return rt
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._rt = None
@@ -116,11 +153,6 @@ class QuantizedLSTM(_RuntimeBacked):
         """The int8 state under the runtime's names (``l0.w_ih``, ``l0.w_ih_scale``, ...)."""
         return {k.replace("_", ".", 1): v.numpy() for k, v in self._buffers.items()}
 
-    def _runtime(self):
-        if self._rt is None:
-            self._rt = _RtLSTM(self._rt_config(), self.runtime_tensors())
-        return self._rt
-
     @classmethod
     def from_float(cls, module: nn.Module) -> "QuantizedLSTM":
         """Quantises a torch.nn.LSTM or fastlstm.LSTM (weights per row, int8)."""
@@ -152,15 +184,18 @@ class QuantizedLSTM(_RuntimeBacked):
         data = input.data if packed else input
         if not isinstance(data, Tensor):
             raise TypeError(f"QuantizedLSTM: input must be a Tensor or PackedSequence, got {type(input).__name__}")
+        _refuse_tracing("QuantizedLSTM")
         _check_no_grad("QuantizedLSTM", data, *(hx if isinstance(hx, (tuple, list)) else ()))
         if data.device.type != "cpu":
             raise RuntimeError(f"QuantizedLSTM runs on CPU only, got input on {data.device}")
-        if not data.is_floating_point():
-            raise TypeError(f"QuantizedLSTM: input must be floating point, got {data.dtype}")
+        _check_input_dtype("QuantizedLSTM", data)
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
                 raise RuntimeError("lstm expects two hidden states: hx must be a tuple (h_0, c_0)")
             for name, t in zip(("h_0", "c_0"), hx):
+                if t.dtype != data.dtype:
+                    raise RuntimeError(f"QuantizedLSTM: input and hidden tensors must have the same dtype, got "
+                                       f"input {data.dtype} and {name} {t.dtype}")
                 if t.device != data.device:
                     raise RuntimeError(
                         f"Input and hidden tensors are not at the same device, found input tensor at "
@@ -174,7 +209,7 @@ class QuantizedLSTM(_RuntimeBacked):
             if packed:
                 x, lengths = pad_packed_sequence(input)
                 sorted_indices = input.sorted_indices
-                out, (h_n, c_n) = _run_unbatch_first(rt, _np(x), state, lengths.numpy().astype(np.int64))
+                out, (h_n, c_n) = _run_time_major(rt, _np(x), state, lengths.numpy().astype(np.int64))
                 out = torch.from_numpy(out)
                 if sorted_indices is not None:
                     out = out.index_select(1, sorted_indices)
@@ -189,14 +224,13 @@ class QuantizedLSTM(_RuntimeBacked):
         return out, (torch.from_numpy(h_n), torch.from_numpy(c_n))
 
 
-def _run_unbatch_first(rt: _RtLSTM, x: np.ndarray, state, lengths: np.ndarray):
-    """Runs a time-major padded batch regardless of the module's batch_first."""
-    saved = rt.batch_first
-    rt.batch_first = False
-    try:
+def _run_time_major(rt: _RtLSTM, x: np.ndarray, state, lengths: np.ndarray):
+    """Runs a time-major padded batch (T, B, I) whatever the layer's batch_first,
+    without touching the layer (other threads may be running it)."""
+    if not rt.batch_first:
         return rt.run(x, state, lengths)
-    finally:
-        rt.batch_first = saved
+    y, hc = rt.run(x.transpose(1, 0, 2), state, lengths)
+    return y.transpose(1, 0, 2), hc
 
 
 class QuantizedLinear(_RuntimeBacked):
@@ -240,9 +274,11 @@ class QuantizedLinear(_RuntimeBacked):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}, dtype=int8"
 
     def forward(self, input: Tensor) -> Tensor:
+        _refuse_tracing("QuantizedLinear")
         _check_no_grad("QuantizedLinear", input)
         if input.device.type != "cpu":
             raise RuntimeError(f"QuantizedLinear runs on CPU only, got input on {input.device}")
+        _check_input_dtype("QuantizedLinear", input)
         try:
             y, _ = self._runtime().run(_np(input))
         except ValueError as exc:

@@ -60,13 +60,12 @@ def sparse_attention_op(
 _DENSE = (0, 0, 0)
 
 
-def _row_strided(t: Tensor) -> tuple[Tensor, tuple[int, int], tuple[int, int, int]]:
+def _row_strided(t: Tensor) -> tuple[Tensor, tuple, tuple[int, int, int]]:
     """(tensor, buffer, (batch, head, row) strides) of a (B, H, T, dim) CPU input
     for the kernel: as it is when its rows are contiguous (views of a packed
     projection need no copy), else a dense copy."""
     if not t.is_contiguous() and t.numel() > 0 and t.stride(-1) == 1 and min(t.stride()) >= 0:
-        extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
-        return t, (t.data_ptr(), extent), tuple(t.stride()[:3])
+        return t, _ext.strided_buf(t), tuple(t.stride()[:3])
     t = t.contiguous()
     return t, _ext.buf(t), _DENSE
 
@@ -88,10 +87,10 @@ def _forward(q, k, v, left, right, global_tokens, scale, key_padding_mask, band:
         (q, bq, sq), (k, bk, sk), (v, bv, sv) = _row_strided(q), _row_strided(k), _row_strided(v)
         out = empty(B, Tq, H, Dv, like=q).transpose(1, 2)
         weights = empty(B, H, Tq, left + right + 1, like=q) if band else None
-        bo = (out.data_ptr(), out.numel())
+        bo = _ext.strided_buf(out)
         _ext._C.sparse_attention_fwd(
             _ext.dtype_name(q.dtype), bq, bk, bv, buf(pad), bo, buf(lse), B, H, Tq, Tk, D, Dv, left, right,
-            global_tokens, scale, torch.get_num_threads(), band=buf(weights) if band else (0, 0), q_strides=sq,
+            global_tokens, scale, torch.get_num_threads(), band=buf(weights), q_strides=sq,
             k_strides=sk, v_strides=sv, out_strides=tuple(out.stride()[:3]) if out.numel() else _DENSE,
             dropout_p=dropout_p, seed=seed,
         )
@@ -164,8 +163,12 @@ def _backward(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_pa
     _check_inputs(q, k, v, global_tokens, key_padding_mask)
     B, H, Tq, Tk, D, Dv = _sizes(q, k, v)
     for name, t, shape in (("out", out, (B, H, Tq, Dv)), ("lse", lse, (B, H, Tq)), ("dout", dout, (B, H, Tq, Dv))):
-        if tuple(t.shape) != shape or t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"sparse_attention_backward: {name} must be {q.dtype} of shape {shape} on {q.device}")
+        if not isinstance(t, Tensor) or t.dtype != q.dtype:
+            raise TypeError(f"sparse_attention_backward: {name} must have q's dtype {q.dtype}, got "
+                            f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+        if tuple(t.shape) != shape or t.device != q.device:
+            raise ValueError(f"sparse_attention_backward: {name} must have shape {shape} on {q.device}, got "
+                             f"{tuple(t.shape)} on {t.device}")
     q, k, v, lse = q.contiguous(), k.contiguous(), v.contiguous(), lse.contiguous()
     buf = _ext.buf
     cuda = q.device.type == "cuda"
@@ -313,7 +316,8 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, global_tokens: int, key_paddi
         raise ValueError(f"sparse_attention: global_tokens must be an int >= 0; got {global_tokens!r}")
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
-            raise TypeError("sparse_attention: key_padding_mask must be a bool Tensor (True = padding)")
+            got = key_padding_mask.dtype if isinstance(key_padding_mask, Tensor) else type(key_padding_mask).__name__
+            raise TypeError(f"sparse_attention: key_padding_mask must be a bool Tensor (True = padding), got {got}")
         if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
             raise ValueError(
                 f"sparse_attention: key_padding_mask must have shape (B, Tk) = {(k.shape[0], k.shape[2])}; "

@@ -25,8 +25,7 @@ def dropout_op(x: Tensor, p: float, seed: int) -> Tensor:
         raise TypeError(f"fastlstm::dropout: x must be float32 or float64, got {x.dtype}")
     x = x.contiguous()
     y = empty(*x.shape, like=x)
-    _ext._C.dropout(_ext.dtype_name(x.dtype), (x.data_ptr(), x.numel()), (y.data_ptr(), y.numel()), x.numel(), p, seed,
-                    torch.get_num_threads())
+    _ext._C.dropout(_ext.dtype_name(x.dtype), _ext.buf(x), _ext.buf(y), x.numel(), p, seed, torch.get_num_threads())
     return y
 
 

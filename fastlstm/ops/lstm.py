@@ -29,9 +29,7 @@ from fastlstm.ops._alloc import empty, pooled_empty, release_pool
 # --------------------------------------------------------------------------
 
 
-def _buf(t: Tensor | None) -> tuple[int, int]:
-    """(address, numel) of a dense tensor, (0, 0) for None (``_ext.buf`` for tensors only, cheaper)."""
-    return (0, 0) if t is None else (t.data_ptr(), t.numel())
+_buf = _ext.buf
 
 
 def _dims(gx: Tensor, w_hh: Tensor) -> tuple[int, int, int, int, int]:

@@ -99,7 +99,7 @@ def lstm_recurrence_cuda(gx, w_hh, w_hr, h0, c0, lengths, save_for_backward):
         work = _workspace(False, B, D, H, gx)
         _ext._C.cuda_lstm_recurrence_fwd(
             _ext.dtype_name(gx.dtype), buf(gx), buf(w_hh), buf(h0), buf(c0), buf(dev_lengths), buf(y), buf(hn), buf(cn),
-            buf(gates) if save_for_backward else (0, 0), buf(cells) if save_for_backward else (0, 0),
+            buf(gates if save_for_backward else None), buf(cells if save_for_backward else None),
             buf(work), T, B, D, H, torch.cuda.current_stream(gx.device).cuda_stream, _launch_mode(),
         )
     return y, hn, cn, gates, cells

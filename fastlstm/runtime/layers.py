@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from fastlstm._ext import _C, buf
+from fastlstm._ext import NO_BUF, _C, buf
 from fastlstm.runtime.quant import PackedWeight, int8_linear, quantize_rows, require_kernels
 
 LAYER_TYPES: dict[str, type] = {}
@@ -152,7 +152,7 @@ class LSTMStack:
         hn = np.empty((D, B, P), np.float32)
         cn = np.empty((D, B, H), np.float32)
         _C.lstm_recurrence_fwd("float32", buf(gx), buf(e["w_hh"]), buf(e["w_hr"]), buf(h0), buf(c0), buf(lengths),
-                               buf(y), buf(hn), buf(cn), (0, 0), (0, 0), T, B, D, H, P, get_num_threads())
+                               buf(y), buf(hn), buf(cn), NO_BUF, NO_BUF, T, B, D, H, P, get_num_threads())
         return y, hn, cn
 
     def _layer_int8(self, e, x, h0, c0, lengths, T, B):
@@ -161,7 +161,7 @@ class LSTMStack:
         hn = np.empty((D, B, P), np.float32)
         cn = np.empty((D, B, H), np.float32)
         w_ih, w_hh, w_hr = e["w_ih"], e["w_hh"], e["w_hr"]
-        none = (0, 0)
+        none = NO_BUF
         _C.int8_lstm_fwd(
             buf(x), buf(w_ih.packed), buf(w_ih.scale), buf(w_ih.rowsum),
             buf(w_hh.packed), buf(w_hh.scale), buf(w_hh.rowsum),

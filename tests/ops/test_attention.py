@@ -346,7 +346,7 @@ def test_forward_strides_checked_by_binding():
     x = torch.randn(B, T, 3, H, D)  # q, k, v of every head interleaved, as a packed projection writes them
     row = (T * 3 * H * D, D, 3 * H * D)  # (batch, head, row) strides of q in x
     extent = (H - 1) * D + (T - 1) * 3 * H * D + D
-    view = (x.data_ptr(), extent)
+    view = (x.data_ptr(), extent, 4, x)
     out, lse = torch.empty(B, T, H, D), torch.empty(B, H, T)
     out_rows = (T * H * D, D, H * D)
 
@@ -358,11 +358,11 @@ def test_forward_strides_checked_by_binding():
 
     call()
     with pytest.raises(ValueError, match="q has"):
-        call(q=(x.data_ptr(), extent + 1))
+        call(q=(x.data_ptr(), extent + 1, 4, x))
     with pytest.raises(ValueError, match="k has"):  # k given as dense: the buffer spans 3x its elements
         call(k_strides=(0, 0, 0))
     with pytest.raises(ValueError, match="overlap"):  # two heads written to one place
-        call(out_buf=(out.data_ptr(), (T - 1) * H * D + D), out_strides=(T * H * D, 0, H * D))
+        call(out_buf=(out.data_ptr(), (T - 1) * H * D + D, 4, out), out_strides=(T * H * D, 0, H * D))
     with pytest.raises(ValueError, match=">= 0"):
         call(q_strides=(0, -1, 4))
 
@@ -414,14 +414,14 @@ def test_dropout_output_laid_out_for_the_out_projection_and_backward_reads_it_in
     d = [torch.empty(B, H, T, D) for _ in range(3)]
     rows = (T * H * D, D, H * D)
 
-    def call(dout_buf=_ext.buf(dout), **strides):
-        _ext._C.sparse_attention_bwd("float32", _ext.buf(q), _ext.buf(k), _ext.buf(v), _ext.buf(out), _ext.buf(lse),
+    def call(dout_buf=_ext.strided_buf(dout), **strides):
+        _ext._C.sparse_attention_bwd("float32", _ext.buf(q), _ext.buf(k), _ext.buf(v), _ext.strided_buf(out), _ext.buf(lse),
                                      dout_buf, (0, 0), *map(_ext.buf, d), B, H, T, T, D, D, 5, 5, 0, 0.3, 1,
                                      **strides)
 
     call(out_strides=rows, dout_strides=rows)
     with pytest.raises(ValueError, match="dout has"):
-        call(dout_buf=(dout.data_ptr(), dout.numel() - 1), out_strides=rows, dout_strides=rows)
+        call(dout_buf=(dout.data_ptr(), dout.numel() - 1, 4, dout), out_strides=rows, dout_strides=rows)
     with pytest.raises(ValueError, match=">= 0"):
         call(out_strides=(0, -1, 4), dout_strides=rows)
 

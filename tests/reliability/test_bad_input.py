@@ -473,7 +473,7 @@ def test_binding_bad_dtype_and_lies_about_numel():
         _ext._C.lstm_recurrence_fwd("float32", (-1, 16), b, (0, 0), b, b, (0, 0), b, b, b, (0, 0), (0, 0), 1, 1, 1, 1, 1, 1)
     # Claims more elements than the shapes need: refused (the sizes must agree exactly).
     with pytest.raises(ValueError, match="elements"):
-        _ext._C.lstm_recurrence_fwd("float32", (b[0], 2**62), b, (0, 0), b, b, (0, 0), b, b, b, (0, 0), (0, 0),
+        _ext._C.lstm_recurrence_fwd("float32", (b[0], 2**62, 4, tiny), b, (0, 0), b, b, (0, 0), b, b, b, (0, 0), (0, 0),
                                     1, 1, 1, 1, 1, 1)
 
 

@@ -258,7 +258,7 @@ class _FusedDecodeStep:
         from fastlstm import _ext
 
         lstm = decoder.lstm
-        self._C, self._buf = _ext._C, _ext.buf
+        self._C, self._buf, self._none = _ext._C, _ext.buf, _ext.NO_BUF
         w = [p.detach() for p in lstm._flat_weights]
         per = len(w) // lstm.num_layers
         self.L, self.H = lstm.num_layers, lstm.hidden_size
@@ -331,8 +331,8 @@ class _FusedDecodeStep:
                 torch.addmm(self.bias[l], h_new[l - 1], self.w_ih_t[l], out=gx)
             h_in, c_in = old_bufs[l] if old_bufs is not None else (buf(h[l]), buf(c[l]))
             h_out, c_out = layer_bufs[new][l]
-            self._C.lstm_recurrence_fwd("float32", gx_buf, self.w_hh_buf[l], (0, 0), h_in, c_in, (0, 0),
-                                        y_buf, h_out, c_out, (0, 0), (0, 0), 1, B, 1, H, H, torch.get_num_threads(),
+            self._C.lstm_recurrence_fwd("float32", gx_buf, self.w_hh_buf[l], self._none, h_in, c_in, self._none,
+                                        y_buf, h_out, c_out, self._none, self._none, 1, B, 1, H, H, torch.get_num_threads(),
                                         *self.extra[l])
         return h_new[-1], (h_new, c_new)
 
