@@ -23,6 +23,11 @@ def grads_of(outputs, grad_outputs, inputs: list, needs: tuple, create_graph: bo
     return [next(got) if need and t is not None else None for t, need in zip(inputs, needs)]
 
 
+def list_flags(need, n: int) -> tuple:
+    """needs_input_grad of a list argument (a list of flags, or one flag) as n flags."""
+    return tuple(need) if isinstance(need, (list, tuple)) else (bool(need),) * n
+
+
 def recurrence_grads(ctx, gx, w_hh, w_hr, h0, c0, lengths, dy, dhn, dcn):
     """lstm_recurrence's backward as a differentiable graph: (d gx, d w_hh, d w_hr, d h0, d c0, None, None)."""
     inputs = [gx, w_hh, w_hr, h0, c0]
@@ -37,11 +42,11 @@ def layer_grads(ctx, x, weights: list[Tensor], h0, c0, lengths, dy, dhn, dcn):
     D = h0.shape[0]
     needs = ctx.needs_input_grad
     inputs = [x, *weights, h0, c0]
-    flags = (needs[0], *([needs[1]] * len(weights)), needs[2], needs[3])
+    flags = (needs[0], *list_flags(needs[1], len(weights)), needs[2], needs[3])
     with torch.enable_grad():
         y, hn, cn = _reference.lstm(x, (h0, c0), list(weights), num_layers=1, bidirectional=D == 2,
                                     has_bias=ctx.has_bias, lengths=lengths)
         T, B = x.shape[0], x.shape[1]
         got = grads_of((y.view(T, B, D, -1), hn, cn), (dy, dhn, dcn), inputs, flags)
-    dweights = got[1:-2] if needs[1] else None
+    dweights = got[1:-2] if any(flags[1:-2]) else None
     return got[0], dweights, got[-2], got[-1], None, None

@@ -15,7 +15,7 @@ from fastlstm import _ext
 from fastlstm import reference as _reference
 from fastlstm.ops._alloc import empty
 from fastlstm.ops.lstm import _checks
-from fastlstm.ops.lstm.double_backward import grads_of
+from fastlstm.ops.lstm.double_backward import grads_of, list_flags
 from fastlstm.ops.lstm.prepared import PreparedTensor, prepared_tensor, prepared_weights
 from fastlstm.ops.lstm.recurrence import project
 
@@ -90,7 +90,7 @@ def _step_backward(ctx, dh, dc):
     # differentiable, so gradients of gradients work too.
     x, h, c, *weights = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    flags = (needs[0], *([needs[1]] * len(weights)), needs[2], needs[3])
+    flags = (needs[0], *list_flags(needs[1], len(weights)), needs[2], needs[3])
     create = torch.is_grad_enabled()
     inputs = [x, *weights, h, c]
     if not create:
@@ -100,7 +100,7 @@ def _step_backward(ctx, dh, dc):
         biases = (w[2], w[3]) if ctx.has_bias else (None, None)
         outputs = _reference.lstm_cell(x_, h_, c_, w[0], w[1], *biases)
     got = grads_of(outputs, (dh, dc), inputs, flags, create)
-    return got[0], (got[1:-2] if needs[1] else None), got[-2], got[-1], None
+    return got[0], (got[1:-2] if any(flags[1:-2]) else None), got[-2], got[-1], None
 
 
 lstm_step.register_autograd(_step_backward, setup_context=_step_setup_context)
