@@ -350,3 +350,62 @@ def test_gradient_penalty_matches_torch():
         penalties.append(torch.autograd.grad(gx.pow(2).sum(), list(module.parameters())))
     for a, b in zip(*penalties):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- lstm_stack: every layer of a training step in one node (#22) -------------
+
+
+def _stack_args(dtype=torch.float32, bidirectional=True, lengths=False, layers=2):
+    torch.manual_seed(11)
+    m = torch.nn.LSTM(3, 4, num_layers=layers, bidirectional=bidirectional).to(dtype)
+    D = 2 if bidirectional else 1
+    x = torch.randn(5, 2, 3, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(layers * D, 2, 4, dtype=dtype, requires_grad=True)
+    c0 = torch.randn(layers * D, 2, 4, dtype=dtype, requires_grad=True)
+    lens = torch.tensor([5, 3]) if lengths else None
+    return m, (x, list(m._flat_weights), h0, c0, lens, layers, bidirectional, True)
+
+
+@needs_cpu
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_stack_op_matches_the_reference_with_every_gradient(bidirectional, lengths):
+    m, args = _stack_args(torch.float64, bidirectional, lengths)
+    x, weights, h0, c0, lens = args[:5]
+    y, hn, cn, _ = torch.ops.fastlstm.lstm_stack(*args)
+    yr, hr, cr = reference.lstm(x, (h0, c0), weights, num_layers=2, bidirectional=bidirectional, lengths=lens)
+    for a, b in ((y, yr), (hn, hr), (cn, cr)):
+        torch.testing.assert_close(a, b)
+    leaves = [x, h0, c0, *weights]
+    loss = lambda o: (o[0] * 1.5).sum() + (o[1] ** 2).sum() + o[2].sum()  # noqa: E731
+    got = torch.autograd.grad(loss((y, hn, cn)), leaves)
+    expected = torch.autograd.grad(loss((yr, hr, cr)), leaves)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+@needs_cpu
+def test_stack_op_opcheck_gradcheck_and_compile():
+    m, args = _stack_args(torch.float64)
+    torch.library.opcheck(torch.ops.fastlstm.lstm_stack.default, args)
+    x, weights, h0, c0 = args[:4]
+    f = lambda x, h, c, *w: torch.ops.fastlstm.lstm_stack(x, list(w), h, c, None, 2, True, True)[:3]  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *weights))
+    assert torch.autograd.gradgradcheck(f, (x, h0, c0, *weights))
+    module = fastlstm.LSTM(3, 4, num_layers=2, bidirectional=True, backend="cpu")
+    xs = torch.randn(5, 2, 3)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    out = compiled(xs)[0]
+    out.sum().backward()
+    grads = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    module(xs)[0].sum().backward()
+    for a, p in zip(grads, module.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+@needs_cpu
+def test_training_step_is_one_autograd_node_for_the_whole_stack():
+    module = fastlstm.LSTM(3, 4, num_layers=3, bidirectional=True, backend="cpu")
+    y = module(torch.randn(5, 2, 3))[0]
+    assert "LstmStack" in type(y.grad_fn).__name__ or "lstm_stack" in y.grad_fn.name()

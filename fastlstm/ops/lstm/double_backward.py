@@ -50,3 +50,17 @@ def layer_grads(ctx, x, weights: list[Tensor], h0, c0, lengths, dy, dhn, dcn):
         got = grads_of((y.view(T, B, D, -1), hn, cn), (dy, dhn, dcn), inputs, flags)
     dweights = got[1:-2] if any(flags[1:-2]) else None
     return got[0], dweights, got[-2], got[-1], None, None
+
+
+def stack_grads(ctx, x, weights: list[Tensor], h0, c0, lengths, dy, dhn, dcn):
+    """lstm_stack's backward as a differentiable graph: (d x, d weights, d h0, d c0, None x 4)."""
+    num_layers, D, has_bias, _ = ctx.config
+    needs = ctx.needs_input_grad
+    flags = (needs[0], *list_flags(needs[1], len(weights)), needs[2], needs[3])
+    inputs = [x, *weights, h0, c0]
+    with torch.enable_grad():
+        outputs = _reference.lstm(x, (h0, c0), list(weights), num_layers=num_layers, bidirectional=D == 2,
+                                  has_bias=has_bias, lengths=lengths)
+        got = grads_of(outputs, (dy, dhn, dcn), inputs, flags)
+    dweights = got[1:-2] if any(flags[1:-2]) else None
+    return got[0], dweights, got[-2], got[-1], None, None, None, None

@@ -22,8 +22,9 @@ class Plan(NamedTuple):
     """How one :func:`lstm` call runs.
 
     ``path``: "stack" (every layer in one kernel call), "direct" (the kernels
-    per layer, no dispatcher), "layer_op" (training: one ``fastlstm::lstm_layer``
-    node per layer) or "ops" (per layer through the registered projection and
+    per layer, no dispatcher), "stack_op" (training: one ``fastlstm::lstm_stack``
+    node for every layer), "layer_op" (training with dropout between layers: one
+    ``fastlstm::lstm_layer`` node per layer) or "ops" (per layer through the registered projection and
     recurrence ops, or the backend's). ``weights``: "prepared" (the kernels'
     forms from the prepared weights) or "differentiable" (built with autograd
     ops, so gradients reach the parameters or a tracer records them).
@@ -53,8 +54,11 @@ def plan(*, backend: str, dtype: torch.dtype, state_dtype: torch.dtype, proj_siz
         fp32 = dtype == state_dtype == torch.float32
         stack = proj_size == 0 and fp32 and not dropout_between and not empty_input
         return Plan("stack" if stack else "direct", "prepared", False)
-    if backend == "cpu" and grads_to_weights and proj_size == 0 and not record and not tracing:
-        return Plan("layer_op", "prepared", True)
+    if backend == "cpu" and save and proj_size == 0 and not record and not tracing:
+        if not dropout_between:
+            return Plan("stack_op", "prepared", True)
+        if grads_to_weights:
+            return Plan("layer_op", "prepared", True)
     # A tracer or compiler must record how the kernels' weights derive from the parameters.
     return Plan("ops", "differentiable" if grads_to_weights or tracing or compiling else "prepared", save)
 
@@ -159,6 +163,8 @@ def lstm(
         empty_input=T * B == 0, compiling=torch.compiler.is_compiling(),
     )
     prep = None
+    if chosen.path == "stack_op":
+        return _stack_train(x, h0_all, c0_all, weights, lengths, num_layers, bidirectional, has_bias)
     if chosen.weights == "prepared" and backend == "cpu" and chosen.path != "layer_op":
         prep = prepared_weights(weights, num_layers, D, has_bias, proj_size)
     if chosen.path == "stack":
@@ -208,6 +214,12 @@ def lstm(
             else:
                 layer_input = F.dropout(layer_input, p=dropout, training=True)
     return layer_input, torch.cat(h_n), torch.cat(c_n)
+
+
+def _stack_train(x, h0_all, c0_all, weights, lengths, num_layers, bidirectional, has_bias):
+    y, h_n, c_n, _ = torch.ops.fastlstm.lstm_stack(x, list(weights), h0_all, c0_all, lengths, num_layers,
+                                                   bidirectional, has_bias)
+    return y, h_n, c_n
 
 
 def _lstm_autocast(x, hx, weights, **kwargs):
