@@ -409,3 +409,21 @@ def test_training_step_is_one_autograd_node_for_the_whole_stack():
     module = fastlstm.LSTM(3, 4, num_layers=3, bidirectional=True, backend="cpu")
     y = module(torch.randn(5, 2, 3))[0]
     assert "LstmStack" in type(y.grad_fn).__name__ or "lstm_stack" in y.grad_fn.name()
+
+
+@needs_cpu
+def test_clearing_entries_that_own_other_entries_tensors_does_not_deadlock():
+    # A recording forward caches the packed form of a prepared object's own w_hh:
+    # freeing the outer entry fires the inner entry's finalizer.
+    m = fastlstm.LSTM(4, 8, num_layers=2, backend="cpu")
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    with torch.no_grad():
+        m.requires_grad_(False)
+    m(x, None)[0].sum().backward()  # x needs grad, weights do not
+    fastlstm.ops.lstm(x.detach(), None, list(m._flat_weights), num_layers=2, record=[])
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (fastlstm.ops.empty_cache(), done.set()))
+    worker.start()
+    worker.join(timeout=60)
+    assert done.is_set()
+    assert len(REGISTRY) == 0

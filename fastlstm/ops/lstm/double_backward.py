@@ -48,7 +48,7 @@ def layer_grads(ctx, x, weights: list[Tensor], h0, c0, lengths, dy, dhn, dcn):
                                     has_bias=ctx.has_bias, lengths=lengths)
         T, B = x.shape[0], x.shape[1]
         got = grads_of((y.view(T, B, D, -1), hn, cn), (dy, dhn, dcn), inputs, flags)
-    dweights = got[1:-2] if any(flags[1:-2]) else None
+    dweights = got[1:-2]
     return got[0], dweights, got[-2], got[-1], None, None
 
 
@@ -62,5 +62,5 @@ def stack_grads(ctx, x, weights: list[Tensor], h0, c0, lengths, dy, dhn, dcn):
         outputs = _reference.lstm(x, (h0, c0), list(weights), num_layers=num_layers, bidirectional=D == 2,
                                   has_bias=has_bias, lengths=lengths)
         got = grads_of(outputs, (dy, dhn, dcn), inputs, flags)
-    dweights = got[1:-2] if any(flags[1:-2]) else None
+    dweights = got[1:-2]
     return got[0], dweights, got[-2], got[-1], None, None, None, None

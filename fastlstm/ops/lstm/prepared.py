@@ -74,7 +74,8 @@ class Registry:
         self.max_bytes, self.max_entries = max_bytes, max_entries
         self._entries: OrderedDict = OrderedDict()
         self._finalizers: dict[int, list] = {}
-        self._lock = threading.Lock()
+        # Reentrant: freeing an entry can free tensors whose own entries' finalizers call _drop.
+        self._lock = threading.RLock()
         self.nbytes = 0
 
     def lookup(self, key, tensors, factory: Callable):
@@ -85,6 +86,7 @@ class Registry:
                 return entry
         entry = factory()
         entry.registry = self
+        dead = []
         with self._lock:
             other = self._entries.get(key)
             if other is not None:  # another thread made it first
@@ -97,31 +99,38 @@ class Registry:
                 fin.atexit = False
                 fins.append(fin)
             self._finalizers[id(entry)] = fins
-            self._evict()
+            self._evict(dead)
+        del dead  # evicted entries are freed here, outside the lock
         return entry
 
     def grew(self, entry, nbytes: int) -> None:
         """``entry`` now owns ``nbytes`` more (its lazily built fields)."""
+        dead = []
         with self._lock:
             if self._finalizers.get(id(entry)) is not None:
                 self.nbytes += nbytes
-                self._evict()
+                self._evict(dead)
+        del dead
 
     def _drop(self, key, ident) -> None:
+        dead = []
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and id(entry) == ident:
-                self._remove(key)
+                dead.append(self._remove(key))
+        del dead
 
-    def _remove(self, key) -> None:
-        entry = self._entries.pop(key)
-        self.nbytes -= entry.nbytes
-        for fin in self._finalizers.pop(id(entry), ()):
-            fin.detach()
+    def _remove(self, key):
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry.nbytes
+            for fin in self._finalizers.pop(id(entry), ()):
+                fin.detach()
+        return entry
 
-    def _evict(self) -> None:
+    def _evict(self, dead: list) -> None:
         while self._entries and (self.nbytes > self.max_bytes or len(self._entries) > self.max_entries):
-            self._remove(next(iter(self._entries)))
+            dead.append(self._remove(next(iter(self._entries))))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -131,9 +140,11 @@ class Registry:
             return list(self._entries.values())
 
     def clear(self) -> None:
+        dead = []
         with self._lock:
             for key in list(self._entries):
-                self._remove(key)
+                dead.append(self._remove(key))
+        del dead
 
 
 REGISTRY = Registry(int(os.environ.get("FASTLSTM_CACHE_MB", "256")) << 20, 128)

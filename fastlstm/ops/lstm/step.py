@@ -100,7 +100,7 @@ def _step_backward(ctx, dh, dc):
         biases = (w[2], w[3]) if ctx.has_bias else (None, None)
         outputs = _reference.lstm_cell(x_, h_, c_, w[0], w[1], *biases)
     got = grads_of(outputs, (dh, dc), inputs, flags, create)
-    return got[0], (got[1:-2] if any(flags[1:-2]) else None), got[-2], got[-1], None
+    return got[0], got[1:-2], got[-2], got[-1], None
 
 
 lstm_step.register_autograd(_step_backward, setup_context=_step_setup_context)

@@ -149,7 +149,7 @@ def _backward(ctx, dy, dhn, dcn, _dsaved):
                 dx = d_in
             else:
                 d_out = d_in.view(T, B, D, H)
-    return dx, (dweights if need_w else None), dh0, dc0, None, None, None, None
+    return dx, dweights, dh0, dc0, None, None, None, None
 
 
 lstm_stack.register_autograd(_backward, setup_context=_setup_context)
