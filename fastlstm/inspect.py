@@ -157,11 +157,11 @@ def record_gates(module: nn.Module) -> Iterator[GateRecording]:
     ...     model(x)
     >>> rec.last[0, 1].forget   # layer 0, reverse direction, (B, T, H)
     """
-    from fastlstm.nn.lstm import LSTM
-
     if not isinstance(module, nn.Module):
         raise TypeError(f"record_gates expects an nn.Module, got {type(module).__name__}")
-    targets = [(name, m) for name, m in module.named_modules() if isinstance(m, LSTM)]
+    # fastlstm.LSTM is the module that keeps ``_gate_recorders`` (no import of
+    # fastlstm.nn here: nn.lstm imports this module's GateRecord).
+    targets = [(name, m) for name, m in module.named_modules() if isinstance(getattr(m, "_gate_recorders", None), list)]
     if not targets:
         raise ValueError(
             f"record_gates: {type(module).__name__} contains no fastlstm.LSTM "

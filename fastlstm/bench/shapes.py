@@ -44,6 +44,13 @@ LSTM_SHAPES = (
     LSTMShape("S5", 32, 128, 256, 512, 1, False),
 )
 
+# Small models where users train (issue #22): the fixed cost of a training step.
+TRAIN_SMALL_SHAPES = (
+    LSTMShape("TS1", 1, 24, 32, 64, 2, True),
+    LSTMShape("TS2", 16, 24, 32, 64, 2, True),
+    LSTMShape("TS3", 16, 100, 32, 64, 2, True),
+)
+
 _TRUE = {"1", "yes", "y", "true", "bi", "bidirectional"}
 _FALSE = {"0", "no", "n", "false", "uni", "unidirectional"}
 

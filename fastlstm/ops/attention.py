@@ -19,6 +19,7 @@ from fastlstm.ops._alloc import empty
 from fastlstm.ops.dropout import draw_seed
 from fastlstm.reference import attention as _reference
 from fastlstm.reference.attention import normalize_window
+from fastlstm._attention_autograd import make_backward, setup_context
 
 # --------------------------------------------------------------------------
 # fastlstm::sparse_attention (CPU / CUDA kernels in fastlstm._C)
@@ -196,30 +197,6 @@ def _(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_ma
     # Contiguous like the real kernel's outputs (empty_like would copy a permuted
     # q's strides, and compiled graphs would then view the real result wrongly).
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def setup_context(ctx, inputs, output):
-    q, k, v, left, right, global_tokens, scale, key_padding_mask = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-    ctx.pattern = (left, right, global_tokens, scale)
-    ctx.mark_non_differentiable(lse)
-
-
-def make_backward(backward_op):
-    """Autograd backward for a sparse-attention forward op whose backward is
-    ``backward_op`` (shared by the C++/CUDA and Triton op pairs)."""
-
-    def _backward(ctx, dout, _dlse):
-        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-        left, right, global_tokens, scale = ctx.pattern
-        if dout is None:
-            dout = torch.zeros_like(out)
-        extra = getattr(ctx, "dropout", ())  # (dropout_p, seed) of the dropout op
-        dq, dk, dv = backward_op(q, k, v, out, lse, dout, left, right, global_tokens, scale, key_padding_mask, *extra)
-        return (dq, dk, dv) + (None,) * (5 + len(extra))
-
-    return _backward
 
 
 sparse_attention_op.register_autograd(

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from fastlstm.ops._alloc import empty
-from fastlstm.ops.attention import make_backward, setup_context
+from fastlstm._attention_autograd import make_backward, setup_context
 
 
 @triton.jit

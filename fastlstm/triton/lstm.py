@@ -304,7 +304,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
-    from fastlstm.ops.lstm import _previous_hidden
+    from fastlstm.ops.lstm.grads import previous_hidden as _previous_hidden
 
     w_hh, h0, c0, lengths, y, gates, cells = ctx.saved_tensors
     if not ctx.saved_gates:

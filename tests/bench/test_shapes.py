@@ -45,3 +45,13 @@ def test_attention_flops_counts_window_pairs():
     # T=4, window (1, 1): pairs per query 2, 3, 3, 2
     assert attention_flops(1, 4, 1, 8, (1, 1)) == 4 * 8 * 10
     assert attention_flops(1, 4, 1, 8, None) == 4 * 8 * 16
+
+
+def test_quick_suite_has_the_train_small_group():
+    from fastlstm.bench import core, runner
+    from fastlstm.bench.suites import lstm as lstm_suite
+
+    ctx = runner.Context(method=core.METHODS["quick"], threads=2, quick=True)
+    keys = [case.key for case in lstm_suite.plan(ctx)]
+    assert [k for k in keys if "train-small" in k] == [
+        "lstm/train-small-TS1/training", "lstm/train-small-TS2/training", "lstm/train-small-TS3/training"]

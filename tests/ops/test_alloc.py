@@ -58,7 +58,7 @@ def test_training_steps_reusing_pooled_gates_stay_exact(monkeypatch):
 def test_empty_cache_drops_pool_and_workspaces():
     import importlib
 
-    ops = importlib.import_module("fastlstm.ops.lstm")
+    ops = importlib.import_module("fastlstm.ops.lstm.prepared")
     module = fastlstm.LSTM(4, 6, backend="cpu")
     with torch.no_grad():
         module(torch.randn(5, 2, 4))

@@ -462,14 +462,14 @@ def test_layer_op_weight_gradient_views_match_general_form():
     general form built from the stacked previous hidden states."""
     import importlib
 
-    ops_lstm = importlib.import_module("fastlstm.ops.lstm")
+    ops_lstm = importlib.import_module("fastlstm.ops.lstm.grads")
     T, B, D, H = 6, 3, 2, 5
     dgates = torch.randn(T, B, D, 4 * H, dtype=torch.float64)
     y = torch.randn(T, B, D, H, dtype=torch.float64)
     h0 = torch.randn(D, B, H, dtype=torch.float64)
-    fast = ops_lstm._dw_hh(dgates, y, h0, None)
+    fast = ops_lstm.dw_hh(dgates, y, h0, None)
     full = torch.full((B,), T, dtype=torch.int64)
-    general = ops_lstm._dw_hh(dgates, y, h0, full)
+    general = ops_lstm.dw_hh(dgates, y, h0, full)
     torch.testing.assert_close(fast, general)
 
 
@@ -519,10 +519,11 @@ def test_stack_inference_matches_per_layer_path_bitwise_and_reference(name, monk
     torch.set_num_threads(2)
     try:
         with torch.no_grad():
-            assert ops._stack_plan(weights, kwargs["num_layers"], 2 if kwargs["bidirectional"] else 1,
-                                   4 if kwargs["has_bias"] else 2, kwargs["has_bias"]) is not None
+            prep = ops.prepared_weights(weights, kwargs["num_layers"], 2 if kwargs["bidirectional"] else 1,
+                                        kwargs["has_bias"], 0)
+            assert prep.stack_plan(weights) is not None
             stack = fastlstm.ops.lstm(x, state, weights, backend="cpu", **kwargs)
-            monkeypatch.setattr(ops, "_stack_plan", lambda *a: None)
+            monkeypatch.setattr(ops.PreparedWeights, "stack_plan", lambda *a: None)
             per_layer = fastlstm.ops.lstm(x, state, weights, backend="cpu", **kwargs)
     finally:
         torch.set_num_threads(before)
@@ -586,13 +587,14 @@ def test_stack_inference_used_by_the_module_and_follows_weight_updates():
     torch.manual_seed(4)
     module = fastlstm.LSTM(5, 8, num_layers=2, backend="cpu").eval()
     x = torch.randn(6, 2, 5)
-    ops._PLAN_CACHE.clear()  # earlier tests may have filled it: a full LRU keeps its length
+    ops.empty_cache()
     with torch.no_grad():
         first = module(x)[0]
-        n = len(ops._PLAN_CACHE)
+        entries = ops.REGISTRY.entries()
         module.weight_hh_l1.mul_(0.5)  # in place: the version counter moves, the plan must too
         second = module(x)[0]
-    assert len(ops._PLAN_CACHE) == n + 1
+    # The entry is refreshed in place, not joined by a second one.
+    assert ops.REGISTRY.entries() == entries
     ref = reference.lstm(x, None, list(module._flat_weights), num_layers=2)[0]
     assert not torch.equal(first, second)
     assert_parity(second, ref)
@@ -622,8 +624,8 @@ def test_training_weights_follow_optimizer_steps_without_piling_up(bidirectional
         for name, p in module.named_parameters():
             torch.testing.assert_close(p.grad, peer.get_parameter(name).grad, rtol=1e-4, atol=1e-5)
         if sizes is None:
-            sizes = (len(ops._PACK_CACHE), len(ops._LAYER_CACHE))
-        assert (len(ops._PACK_CACHE), len(ops._LAYER_CACHE)) == sizes
+            sizes = (len(ops.REGISTRY), ops.REGISTRY.nbytes)
+        assert (len(ops.REGISTRY), ops.REGISTRY.nbytes) == sizes
         with torch.no_grad():  # an optimizer step: in place, versions move
             for p in module.parameters():
                 p.sub_(0.1 * p.grad)
@@ -654,7 +656,9 @@ def test_stack_buffers_checked_by_binding():
     ops = importlib.import_module("fastlstm.ops.lstm")
     T, B, I, H = 3, 2, 4, 8
     module = fastlstm.LSTM(I, H, num_layers=2).eval()
-    plan = ops._stack_plan(list(module._flat_weights), 2, 1, 4, True)
+    weights = list(module._flat_weights)
+    prep = ops.prepared_weights(weights, 2, 1, True, 0)  # owns the plan's buffers
+    plan = prep.stack_plan(weights)
     x, state = torch.randn(T, B, I), torch.zeros(2, B, H)
     y, hn, cn = torch.empty(T, B, H), torch.empty(2, B, H), torch.empty(2, B, H)
     gx, mid = torch.empty(T * B * 4 * H), torch.empty(T * B * H)

@@ -22,7 +22,7 @@ from torch import nn
 
 from fastlstm.bench import core, peers
 from fastlstm.bench.core import Case, Check, Impl, Prepared
-from fastlstm.bench.shapes import LSTM_SHAPES, LSTMShape, lstm_flops
+from fastlstm.bench.shapes import LSTM_SHAPES, TRAIN_SMALL_SHAPES, LSTMShape, lstm_flops
 
 INFERENCE = "inference"
 TRAINING = "training"
@@ -269,5 +269,12 @@ def plan(ctx) -> list[Case]:
                 case.impls.append(ort_impl(ctx, shape, False, _ort_fp32_error))
             else:
                 case.note = "ONNX Runtime has no training path"
+            cases.append(case)
+    if not ctx.shapes:  # the train-small group: training only, against torch
+        for shape in TRAIN_SMALL_SHAPES:
+            case = Case("lstm", f"train-small-{shape.name}", TRAINING,
+                        {**shape.params(), "dtype": "float32", "batch_first": True}, flops=lstm_flops(shape, TRAINING))
+            case.impls = [_fastlstm_impl(ctx, shape, TRAINING, b, r) for b, r in backends]
+            case.impls.append(_torch_impl(ctx, shape, TRAINING))
             cases.append(case)
     return cases

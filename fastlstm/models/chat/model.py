@@ -8,7 +8,6 @@ state_dict keys are identical), which is what the parity tests and benchmarks us
 
 from __future__ import annotations
 
-import importlib
 import threading
 import weakref
 from typing import NamedTuple, Sequence
@@ -22,7 +21,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import fastlstm
 from fastlstm.models.chat.tokenizer import ByteTokenizer
 from fastlstm.ops.lstm import lstm as lstm_op
-from fastlstm.ops.lstm import lstm_recurrence
+from fastlstm.ops.lstm import lstm_recurrence, register_cache
+from fastlstm.ops.lstm.step import recurrent_weights, step_into
 
 State = tuple[Tensor, Tensor]
 
@@ -53,6 +53,7 @@ _WORKSPACE = threading.local()
 # keyed by the module and validated against its parameters' version counters. Kept outside
 # the modules so that copying or pickling a model never carries them.
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+register_cache(_CACHE.clear)  # fastlstm.ops.empty_cache() clears it too
 
 
 def _workspace(numel: int) -> Tensor:
@@ -247,18 +248,15 @@ class _FusedDecodeStep:
     Built once per weights (cached on the decoder against the parameters' version
     counters; inference only). The embedding and the first layer's input projection
     are folded into a (V, 4H) table, so layer 0's input gates are a row gather; the
-    kernel is called directly through ``fastlstm._C`` with no per-step module,
-    op-dispatch or autograd overhead; new states go to two preallocated state
+    step kernel (``fastlstm.ops.lstm.step.step_into``, behind the ``lstm_step`` op) is
+    called with no per-step module, op-dispatch or autograd overhead; new states go to two preallocated state
     buffers per thread, used in turn (a returned state stays valid until the step after next).
     The combine layer's bias is folded into the attention values (the attention
     weights sum to one), see :meth:`prepare`.
     """
 
     def __init__(self, decoder: LSTMDecoder) -> None:
-        from fastlstm import _ext
-
         lstm = decoder.lstm
-        self._C, self._buf, self._none = _ext._C, _ext.buf, _ext.NO_BUF
         w = [p.detach() for p in lstm._flat_weights]
         per = len(w) // lstm.num_layers
         self.L, self.H = lstm.num_layers, lstm.hidden_size
@@ -267,13 +265,9 @@ class _FusedDecodeStep:
         self.w_hh = [w[l * per + 1].contiguous() for l in range(self.L)]
         self.w_ih_t = [w[l * per].t() for l in range(self.L)]
         self.bias = [w[l * per + 2] + w[l * per + 3] for l in range(self.L)]
-        self.w_hh_buf = [self._buf(t) for t in self.w_hh]
-        # Kernels that read repacked weights take them as an extra buffer (ops.lstm keeps the cache).
-        # (the module, not the function fastlstm.ops re-exports under the same name)
-        lstm_ops = importlib.import_module("fastlstm.ops.lstm")
-        pack = getattr(lstm_ops, "_packed", None)
-        self._packed = [pack(w.unsqueeze(0), 1, self.H, self.H) for w in self.w_hh] if pack else []
-        self.extra = [(self._buf(p),) if p is not None else () for p in self._packed] or [()] * self.L
+        # The packed recurrent weights, owned by prepared objects this stepper holds.
+        self._prepared = [recurrent_weights(t) for t in self.w_hh]
+        self.packed = [p.packed(t.unsqueeze(0)) for p, t in zip(self._prepared, self.w_hh)]
         self.combine_bias = decoder.combine.bias.detach()
         self.out_w_t = decoder.out.weight.detach().t()
         self.out_b = decoder.out.bias.detach()
@@ -308,32 +302,22 @@ class _FusedDecodeStep:
         per_batch = self._local.__dict__.setdefault("per_batch", {})
         bufs = per_batch.get(B)
         if bufs is None:
-            L, H, buf = self.L, self.H, self._buf
+            L, H = self.L, self.H
             hs = [torch.empty(L, B, H) for _ in range(2)]
             cs = [torch.empty(L, B, H) for _ in range(2)]
-            gx = torch.empty(B, 4 * H)
-            y = torch.empty(B, H)
-            layer_bufs = [[(buf(h[l]), buf(c[l])) for l in range(L)] for h, c in zip(hs, cs)]
-            bufs = per_batch[B] = (hs, cs, gx, y, layer_bufs, buf(gx), buf(y))
+            bufs = per_batch[B] = (hs, cs, torch.empty(B, 4 * H), torch.empty(B, H))
         return bufs
 
     def lstm(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        B, H = tokens.shape[0], self.H
-        hs, cs, gx, y, layer_bufs, gx_buf, y_buf = self._buffers(B)
+        hs, cs, gx, y = self._buffers(tokens.shape[0])
         new = 1 if h is hs[0] else 0  # never write the state being read
-        old_bufs = layer_bufs[1 - new] if h is hs[1 - new] and c is cs[1 - new] else None
         h_new, c_new = hs[new], cs[new]
         torch.index_select(self.table, 0, tokens, out=gx)
-        buf = self._buf
         for l in range(self.L):
             if l:
                 torch.addmm(self.bias[l], h_new[l - 1], self.w_ih_t[l], out=gx)
-            h_in, c_in = old_bufs[l] if old_bufs is not None else (buf(h[l]), buf(c[l]))
-            h_out, c_out = layer_bufs[new][l]
-            self._C.lstm_recurrence_fwd("float32", gx_buf, self.w_hh_buf[l], self._none, h_in, c_in, self._none,
-                                        y_buf, h_out, c_out, self._none, self._none, 1, B, 1, H, H, torch.get_num_threads(),
-                                        *self.extra[l])
+            step_into(gx, self.w_hh[l], self.packed[l], h[l].contiguous(), c[l].contiguous(), y, h_new[l], c_new[l])
         return h_new[-1], (h_new, c_new)
 
     def prepare(self, mem: StepMemory) -> StepMemory:
