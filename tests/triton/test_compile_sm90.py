@@ -22,20 +22,37 @@ import pytest
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
+
+def _launchers():
+    """fastlstm.triton.lstm and .attention, imported as the other Triton tests
+    import them (interpreted where no GPU exists): a module imported here first
+    decides, for the whole session, whether its kernels are interpreted."""
+    import torch
+
+    saved = os.environ.get("TRITON_INTERPRET")
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        from fastlstm.triton import attention, lstm
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+    return lstm, attention
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 H100_SMEM_OPTIN = 227 * 1024
 ALL = os.environ.get("FASTLSTM_TRITON_AOT") == "all"
 
 
 def _lstm_blocks():
-    from fastlstm.triton import lstm
-
+    lstm, _ = _launchers()
     return sorted({lstm._blocks(B, H) for B in (1, 16, 17, 64) for H in (1, 16, 32, 33, 64, 1024)})
 
 
 def _attention_blocks():
-    from fastlstm.triton import attention
-
+    _, attention = _launchers()
     dims = (1, 16, 17, 32, 64, 65, attention.MAX_HEAD_DIM)
     return sorted({attention._blocks(D, Dv) for D in dims for Dv in dims}, key=lambda b: (b[2] * b[3], b))
 
@@ -59,7 +76,7 @@ def _configs():
     return configs
 
 
-CONFIGS = _configs()
+CONFIGS = _configs() if importlib.util.find_spec("triton") is not None else []
 
 
 def _id(config):
