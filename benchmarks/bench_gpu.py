@@ -1,7 +1,8 @@
 """GPU benchmark: fastlstm.LSTM (backends cuda, triton) against torch.nn.LSTM (cuDNN).
 
 Prints microseconds per time step and the ratio to cuDNN in the same dtype
-(< 1 means fastlstm is faster), forward and forward + backward, fp32 and bf16.
+(< 1 means fastlstm is faster), forward and forward + backward, fp32, bf16
+and fp16.
 Before timing a row, it checks fastlstm's output against cuDNN's (error rule
 of fastlstm.testing against an fp64 run) and marks failures instead of
 reporting a speed.
@@ -35,7 +36,7 @@ SHAPES = {
     "S5": dict(B=32, T=128, I=256, H=512, L=1, bi=False),
     "L768": dict(B=16, T=1024, I=768, H=768, L=1, bi=False),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _time_us(fn, warmup: int, repeat: int) -> float:

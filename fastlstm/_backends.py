@@ -27,6 +27,16 @@ _AUTO_ORDER = {
     "cuda": ("cuda", "triton", "reference"),
 }
 
+# Per-op exceptions to _AUTO_ORDER. Sparse attention on CUDA: Triton first. Its
+# kernels work on 64 x 64 query/key tiles, so each K/V tile loaded serves 64
+# queries; the CUDA kernel is one warp per query row with scalar FMAs and no
+# reuse across rows, so it moves ~64x more K/V bytes through L2 for the same
+# windows. The CUDA kernel stays first for fp64 (Triton has none) and where
+# Triton is absent (docs/gpu.md, "Sparse attention").
+_OP_AUTO_ORDER = {
+    ("sparse_attention", "cuda"): ("triton", "cuda", "reference"),
+}
+
 # Dtypes each compiled backend runs natively; others go to the reference.
 _DTYPES = {
     "cpu": (torch.float32, torch.float64),
@@ -38,6 +48,11 @@ _DTYPES = {
 _OP_DTYPES = {
     "sparse_attention": {"cuda": (torch.float32, torch.float64)},
 }
+
+# Widest head_dim / v_dim per (op, backend); `auto` skips a backend past it.
+# Both GPU attention kernels keep a query row (CUDA: 4 x 32 lanes; Triton:
+# a 32 x 128 tile) in registers.
+_MAX_HEAD_DIM = {("sparse_attention", "cuda"): 128, ("sparse_attention", "triton"): 128}
 
 # Backends whose results can vary run to run (e.g. atomics in a reduction).
 # While torch.use_deterministic_algorithms(True) is on, `auto` skips them and
@@ -76,12 +91,16 @@ def _triton_importable() -> bool:
 
 
 def unavailable_reason(
-    backend: str, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None
+    backend: str, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None,
+    head_dim: int | None = None,
 ) -> str | None:
     """Why ``backend`` cannot run ``op`` (None: any op) on ``device``/``dtype`` (with a
-    projection when ``proj``), or None when it can."""
+    projection when ``proj``; attention with heads ``head_dim`` wide), or None when it can."""
     if backend == "reference":
         return None
+    limit = _MAX_HEAD_DIM.get((op, backend))
+    if head_dim is not None and limit is not None and head_dim > limit:
+        return f"its kernels take head_dim and v_dim <= {limit}, got {head_dim}"
     if backend in NONDETERMINISTIC and torch.are_deterministic_algorithms_enabled():
         return "it is nondeterministic and torch.use_deterministic_algorithms(True) is on"
     if proj and backend in _NO_PROJ:
@@ -111,21 +130,25 @@ def unavailable_reason(
 
 
 def resolve(
-    requested: str | None, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None
+    requested: str | None, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None,
+    head_dim: int | None = None,
 ) -> str:
     """The concrete backend to run ``op``: ``requested`` (or the default) with ``auto`` resolved.
 
-    ``proj``: the call uses an LSTM projection (``proj_size > 0``).
+    ``proj``: the call uses an LSTM projection (``proj_size > 0``); ``head_dim``: the
+    attention's widest head (max of q's and v's).
     On CUDA, ``auto`` prefers the ``cuda`` backend (which itself picks a
-    persistent or per-step launch by shape), then ``triton``.
+    persistent or per-step launch by shape), then ``triton``; sparse attention
+    prefers ``triton`` (see _OP_AUTO_ORDER).
     """
     name = _check_name(requested) if requested is not None else get_backend()
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
-            if unavailable_reason(candidate, device, dtype, proj=proj, op=op) is None:
+        order = _OP_AUTO_ORDER.get((op, device.type)) or _AUTO_ORDER.get(device.type, ("reference",))
+        for candidate in order:
+            if unavailable_reason(candidate, device, dtype, proj=proj, op=op, head_dim=head_dim) is None:
                 return candidate
         return "reference"
-    reason = unavailable_reason(name, device, dtype, proj=proj, op=op)
+    reason = unavailable_reason(name, device, dtype, proj=proj, op=op, head_dim=head_dim)
     if reason is not None:
         raise RuntimeError(f"fastlstm backend {name!r} cannot run here: {reason}")
     return name

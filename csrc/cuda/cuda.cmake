@@ -16,7 +16,16 @@ set_target_properties(_C PROPERTIES
   CUDA_SEPARABLE_COMPILATION OFF
   CUDA_RUNTIME_LIBRARY Static)
 target_compile_definitions(_C PRIVATE FASTLSTM_WITH_CUDA)
-# nvcc warnings are errors; host-compiler warnings inside .cu files too.
-target_compile_options(_C PRIVATE
-  $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror>)
+# nvcc's own warnings (device code, front end) are errors on every host.
+# The host compiler's warnings inside .cu files are errors only on request
+# (FASTLSTM_CUDA_HOST_WERROR=ON, as the tests do with their known gcc): a
+# newer gcc's new warning must not break a user's build.
+option(FASTLSTM_CUDA_HOST_WERROR "Treat host-compiler warnings in CUDA sources as errors" OFF)
+target_compile_options(_C PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra>)
+if(FASTLSTM_CUDA_HOST_WERROR)
+  target_compile_options(_C PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror>)
+endif()
+# Static runtime: _C loads on machines without any CUDA runtime installed
+# (CPU use, the torch-free runtime); the launchers select the data's device
+# in it themselves (csrc/cuda/device.cuh). See docs/gpu.md, "CUDA runtime".
 target_link_libraries(_C PRIVATE CUDA::cudart_static)

@@ -2,7 +2,12 @@
 // cooperative launch per layer, W_hh resident in shared memory) or per-step
 // launches, and enqueue on the caller's stream. No allocation, no host sync
 // (only attribute/occupancy queries), so the launches can be captured in
-// CUDA graphs. Device code: lstm_kernels.cuh.
+// CUDA graphs. Device code: lstm_kernels.cuh. Only CUDA runtime calls that
+// tests/cuda/emulation/cuda_runtime_emu.h stubs (no <<<>>>), so the planner
+// and launchers run in the CPU emulation at real device limits.
+#include <algorithm>
+
+#include "device.cuh"
 #include "lstm_kernels.cuh"
 
 namespace fastlstm {
@@ -11,7 +16,6 @@ namespace {
 
 // Batch rows staged at once; more rows amortise each weight load further.
 constexpr int kMaxBatchChunk = 16;
-constexpr size_t kDefaultSmem = 48 * 1024;
 
 struct Plan {
   Tiling tl;
@@ -26,10 +30,8 @@ struct DeviceInfo {
   int coop = 0;
 };
 
-const char* device_info(DeviceInfo* info) {
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, dev);
+const char* device_info(int dev, DeviceInfo* info) {
+  cudaError_t e = cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info->coop, cudaDevAttrCooperativeLaunch, dev);
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
@@ -37,12 +39,12 @@ const char* device_info(DeviceInfo* info) {
 
 // Chooses the launch. K and out_rows are the staged vector length and mat-vec
 // rows per block (forward: H and 4*units; backward: 4H and units).
-template <typename T>
-const char* make_plan(int64_t B, int64_t D, int64_t H, bool backward, CudaLaunchMode mode, const void* persistent_kernel,
-                      const void* step_kernel, Plan* plan) {
+template <typename T, typename Kernel>
+const char* make_plan(int dev_id, int64_t B, int64_t D, int64_t H, bool backward, CudaLaunchMode mode,
+                      Kernel* persistent_kernel, Kernel* step_kernel, Plan* plan) {
   using A = typename Acc<T>::type;
   DeviceInfo dev;
-  if (const char* err = device_info(&dev)) return err;
+  if (const char* err = device_info(dev_id, &dev)) return err;
   // Spread the hidden units of all directions over the SMs: one block per SM.
   const int units = static_cast<int>(std::max<int64_t>(1, (H * D + dev.sms - 1) / dev.sms));
   const int nb = static_cast<int>((H + units - 1) / units);
@@ -60,8 +62,7 @@ const char* make_plan(int64_t B, int64_t D, int64_t H, bool backward, CudaLaunch
     const size_t smem = w_bytes + staging(bc);
     bool fits = dev.coop && smem <= static_cast<size_t>(dev.smem_optin);
     if (fits) {
-      cudaError_t e = cudaFuncSetAttribute(persistent_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem));
+      cudaError_t e = allow_dynamic_smem(persistent_kernel, dev_id, smem);
       int per_sm = 0;
       if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_kernel, kThreads, smem);
       if (e != cudaSuccess) return cudaGetErrorString(e);
@@ -78,68 +79,58 @@ const char* make_plan(int64_t B, int64_t D, int64_t H, bool backward, CudaLaunch
              "on chip, or the grid is not co-resident); use the per-step mode";
   }
   int bc = bc0;
-  while (bc > 1 && staging(bc) > kDefaultSmem) bc = (bc + 1) / 2;
+  while (bc > 1 && staging(bc) > kDefaultDynamicSmem) bc = (bc + 1) / 2;
   const size_t smem = staging(bc);
   if (smem > static_cast<size_t>(dev.smem_optin))
     return "fastlstm: hidden size too large for the CUDA LSTM kernels (staging exceeds shared memory)";
-  if (smem > kDefaultSmem) {
-    cudaError_t e = cudaFuncSetAttribute(step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return cudaGetErrorString(e);
-  }
+  if (const cudaError_t e = allow_dynamic_smem(step_kernel, dev_id, smem); e != cudaSuccess) return cudaGetErrorString(e);
   plan->persistent = false;
   plan->smem = smem;
   plan->tl.batch_chunk = bc;
   return nullptr;
 }
 
-const char* last_error() {
-  const cudaError_t e = cudaGetLastError();
+// Persistent: one cooperative launch over [0, steps); per-step: one launch per step.
+template <typename P, typename K>
+const char* launch(const Plan& plan, K* persistent_kernel, K* step_kernel, const P& p, int steps, cudaStream_t stream) {
+  P params = p;
+  Tiling tl = plan.tl;
+  int begin = 0, end = steps;
+  void* args[] = {&params, &tl, &begin, &end};
+  cudaError_t e = cudaSuccess;
+  if (plan.persistent) {
+    e = cudaLaunchCooperativeKernel(persistent_kernel, dim3(plan.grid), dim3(kThreads), args, plan.smem, stream);
+  } else {
+    for (int s = 0; s < steps && e == cudaSuccess; ++s) {
+      begin = s, end = s + 1;
+      e = cudaLaunchKernel(step_kernel, dim3(plan.grid), dim3(kThreads), args, plan.smem, stream);
+    }
+  }
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
 template <typename T>
 const char* fwd(const LstmCudaFwdParams<T>& p, cudaStream_t stream, CudaLaunchMode mode) {
   if (p.seq_len == 0 || p.batch == 0) return nullptr;
-  const void* pk = reinterpret_cast<const void*>(&lstm_fwd_kernel<T, true>);
-  const void* sk = reinterpret_cast<const void*>(&lstm_fwd_kernel<T, false>);
+  auto* pk = &lstm_fwd_kernel<T, true>;
+  auto* sk = &lstm_fwd_kernel<T, false>;
+  int dev = 0;
+  if (const char* err = use_device_of(p.gx, &dev)) return err;
   Plan plan{};
-  if (const char* err = make_plan<T>(p.batch, p.directions, p.hidden, false, mode, pk, sk, &plan)) return err;
-  if (plan.persistent) {
-    LstmCudaFwdParams<T> params = p;
-    Tiling tl = plan.tl;
-    int begin = 0, end = static_cast<int>(p.seq_len);
-    void* args[] = {&params, &tl, &begin, &end};
-    const cudaError_t e = cudaLaunchCooperativeKernel(pk, dim3(plan.grid), dim3(kThreads), args, plan.smem, stream);
-    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
-  }
-  for (int s = 0; s < static_cast<int>(p.seq_len); ++s) {
-    lstm_fwd_kernel<T, false><<<plan.grid, kThreads, plan.smem, stream>>>(p, plan.tl, s, s + 1);
-    if (const char* err = last_error()) return err;
-  }
-  return nullptr;
+  if (const char* err = make_plan<T>(dev, p.batch, p.directions, p.hidden, false, mode, pk, sk, &plan)) return err;
+  return launch(plan, pk, sk, p, static_cast<int>(p.seq_len), stream);
 }
 
 template <typename T>
 const char* bwd(const LstmCudaBwdParams<T>& p, cudaStream_t stream, CudaLaunchMode mode) {
   if (p.seq_len == 0 || p.batch == 0) return nullptr;
-  const void* pk = reinterpret_cast<const void*>(&lstm_bwd_kernel<T, true>);
-  const void* sk = reinterpret_cast<const void*>(&lstm_bwd_kernel<T, false>);
+  auto* pk = &lstm_bwd_kernel<T, true>;
+  auto* sk = &lstm_bwd_kernel<T, false>;
+  int dev = 0;
+  if (const char* err = use_device_of(p.dy, &dev)) return err;
   Plan plan{};
-  if (const char* err = make_plan<T>(p.batch, p.directions, p.hidden, true, mode, pk, sk, &plan)) return err;
-  const int iters = static_cast<int>(p.seq_len) + 1;
-  if (plan.persistent) {
-    LstmCudaBwdParams<T> params = p;
-    Tiling tl = plan.tl;
-    int begin = 0, end = iters;
-    void* args[] = {&params, &tl, &begin, &end};
-    const cudaError_t e = cudaLaunchCooperativeKernel(pk, dim3(plan.grid), dim3(kThreads), args, plan.smem, stream);
-    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
-  }
-  for (int u = 0; u < iters; ++u) {
-    lstm_bwd_kernel<T, false><<<plan.grid, kThreads, plan.smem, stream>>>(p, plan.tl, u, u + 1);
-    if (const char* err = last_error()) return err;
-  }
-  return nullptr;
+  if (const char* err = make_plan<T>(dev, p.batch, p.directions, p.hidden, true, mode, pk, sk, &plan)) return err;
+  return launch(plan, pk, sk, p, static_cast<int>(p.seq_len) + 1, stream);
 }
 
 // 16-bit types cross the (CUDA-header-free) interface as uint16_t bit patterns.
@@ -203,13 +194,14 @@ template const char* lstm_recurrence_bwd<uint16_t>(const LstmCudaBwdParams<uint1
 int lstm_cuda_auto_mode(int64_t B, int64_t D, int64_t H, int elem_bytes, bool backward) {
   Plan plan{};
   const char* err = nullptr;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return -1;
   auto choose = [&](auto tag) {
     using T = decltype(tag);
-    const void* pk = backward ? reinterpret_cast<const void*>(&lstm_bwd_kernel<T, true>)
-                              : reinterpret_cast<const void*>(&lstm_fwd_kernel<T, true>);
-    const void* sk = backward ? reinterpret_cast<const void*>(&lstm_bwd_kernel<T, false>)
-                              : reinterpret_cast<const void*>(&lstm_fwd_kernel<T, false>);
-    err = make_plan<T>(B, D, H, backward, CudaLaunchMode::Auto, pk, sk, &plan);
+    if (backward)
+      err = make_plan<T>(dev, B, D, H, true, CudaLaunchMode::Auto, &lstm_bwd_kernel<T, true>, &lstm_bwd_kernel<T, false>, &plan);
+    else
+      err = make_plan<T>(dev, B, D, H, false, CudaLaunchMode::Auto, &lstm_fwd_kernel<T, true>, &lstm_fwd_kernel<T, false>, &plan);
   };
   if (elem_bytes == 2) choose(__nv_bfloat16{});
   else if (elem_bytes == 8) choose(double{});

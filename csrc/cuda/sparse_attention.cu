@@ -4,12 +4,16 @@
 // online (running max and sum), so nothing of size Tq x Tk exists and each
 // row touches only its allowed keys. Deterministic: no atomics; dK/dV loop
 // over the queries that can see the key (attention_query_ranges) instead of
-// scattering from query rows.
+// scattering from query rows. Launches go through cudaLaunchKernel (no <<<>>>)
+// so tests/cuda/emulation/ runs this file on the CPU.
+#ifndef FASTLSTM_CUDA_EMULATION
 #include <cuda_runtime.h>
+#endif
 
 #include <cmath>
 #include <string>
 
+#include "device.cuh"
 #include "fastlstm/attention_params.h"
 #include "sparse_attention.cuh"
 
@@ -216,9 +220,20 @@ dim3 grid_for(int64_t rows, int64_t bh) {
   return dim3(static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(bh));
 }
 
-std::string last_error() {
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
+template <typename K, typename P>
+cudaError_t launch_rows(K* kernel, int64_t rows, int64_t bh, const P& p, cudaStream_t stream) {
+  P params = p;
+  void* args[] = {&params};
+  return cudaLaunchKernel(kernel, grid_for(rows, bh), dim3(kWarp * kWarpsPerBlock), args, 0, stream);
+}
+
+std::string error_string(cudaError_t e) { return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e)); }
+
+// The device of the data becomes this runtime's current device (see device.cuh).
+std::string select_device(const void* data) {
+  int dev = 0;
+  const char* err = use_device_of(data, &dev);
+  return err ? std::string(err) : std::string();
 }
 
 }  // namespace
@@ -229,9 +244,8 @@ std::string sparse_attention_fwd(const SparseAttentionFwdParams<T>& p, void* str
   if (!err.empty()) return err;
   const int64_t bh = p.batch * p.heads;
   if (bh == 0 || p.q_len == 0) return std::string();
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  sparse_attention_fwd_kernel<T><<<grid_for(p.q_len, bh), kWarp * kWarpsPerBlock, 0, s>>>(p);
-  return last_error();
+  if (err = select_device(p.q); !err.empty()) return err;
+  return error_string(launch_rows(&sparse_attention_fwd_kernel<T>, p.q_len, bh, p, static_cast<cudaStream_t>(stream)));
 }
 
 template <typename T>
@@ -240,10 +254,12 @@ std::string sparse_attention_bwd(const SparseAttentionBwdParams<T>& p, void* str
   if (!err.empty()) return err;
   const int64_t bh = p.batch * p.heads;
   if (bh == 0) return std::string();
+  if (err = select_device(p.q); !err.empty()) return err;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (p.q_len > 0) sparse_attention_bwd_dq_kernel<T><<<grid_for(p.q_len, bh), kWarp * kWarpsPerBlock, 0, s>>>(p);
-  if (p.k_len > 0) sparse_attention_bwd_dkdv_kernel<T><<<grid_for(p.k_len, bh), kWarp * kWarpsPerBlock, 0, s>>>(p);
-  return last_error();
+  cudaError_t e = cudaSuccess;
+  if (p.q_len > 0) e = launch_rows(&sparse_attention_bwd_dq_kernel<T>, p.q_len, bh, p, s);
+  if (e == cudaSuccess && p.k_len > 0) e = launch_rows(&sparse_attention_bwd_dkdv_kernel<T>, p.k_len, bh, p, s);
+  return error_string(e);
 }
 
 template std::string sparse_attention_fwd<float>(const SparseAttentionFwdParams<float>&, void*);

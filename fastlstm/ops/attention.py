@@ -338,7 +338,7 @@ def sparse_attention(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     scale = float(scale)
-    name = _backends.resolve(backend, q.device, q.dtype, op="sparse_attention")
+    name = _backends.resolve(backend, q.device, q.dtype, op="sparse_attention", head_dim=max(q.shape[-1], v.shape[-1]))
     if dropout_p:
         if not 0.0 <= dropout_p < 1.0:
             raise ValueError(f"sparse_attention: dropout_p must be in [0, 1); got {dropout_p!r}")

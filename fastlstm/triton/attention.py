@@ -69,7 +69,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit (b, h) slice offsets: B * H * T * D passes 2^31
     b = bh // H
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -131,7 +131,7 @@ def _attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit (b, h) slice offsets: B * H * T * D passes 2^31
     b = bh // H
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -189,7 +189,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit (b, h) slice offsets: B * H * T * D passes 2^31
     b = bh // H
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -247,7 +247,16 @@ def _attn_bwd_dkdv_kernel(
              mask=col_ok[:, None] & (offs_dv[None, :] < Dv))
 
 
+# Widest head_dim / v_dim the kernels take. At 256 (fp32) the forward's
+# 32 x 256 tiles spill ~36 KB per thread to local memory on sm_90
+# (tests/triton/test_compile_sm90.py); wider heads go to another backend
+# (fastlstm/_backends.py).
+MAX_HEAD_DIM = 128
+
+
 def _blocks(D: int, Dv: int) -> tuple[int, int, int, int]:
+    if max(D, Dv) > MAX_HEAD_DIM:
+        raise ValueError(f"triton sparse attention: head_dim and v_dim must be <= {MAX_HEAD_DIM}; got {D}, {Dv}")
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = max(16, triton.next_power_of_2(Dv))
     block = 64 if max(block_d, block_dv) <= 64 else 32

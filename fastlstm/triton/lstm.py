@@ -44,6 +44,9 @@ def _lstm_fwd_kernel(
     # gates (T, B, D, 4H); workspaces: hbuf (2, D, B, H) and cbuf (D, B, H), fp32.
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
+    # 64-bit offsets: T * B * D * 4H passes 2^31 elements at sizes a GPU holds.
+    B = tl.cast(B, tl.int64)
+    H = tl.cast(H, tl.int64)
     G = 4 * H
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
@@ -137,6 +140,9 @@ def _lstm_bwd_kernel(
     # cells (T, B, D, H); workspaces, fp32: dpbuf (D, B, 4H) d-gates, dhbuf and dcbuf (D, B, H) carries.
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
+    # 64-bit offsets: T * B * D * 4H passes 2^31 elements at sizes a GPU holds.
+    B = tl.cast(B, tl.int64)
+    H = tl.cast(H, tl.int64)
     G = 4 * H
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
