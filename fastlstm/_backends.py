@@ -110,6 +110,14 @@ def unavailable_reason(
     raise AssertionError(backend)
 
 
+class BackendUnavailableError(RuntimeError):
+    """A backend named explicitly cannot run the call (``backend`` and ``reason`` say why)."""
+
+    def __init__(self, backend: str, reason: str):
+        super().__init__(f"fastlstm backend {backend!r} cannot run here: {reason}")
+        self.backend, self.reason = backend, reason
+
+
 def resolve(
     requested: str | None, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None
 ) -> str:
@@ -127,7 +135,7 @@ def resolve(
         return "reference"
     reason = unavailable_reason(name, device, dtype, proj=proj, op=op)
     if reason is not None:
-        raise RuntimeError(f"fastlstm backend {name!r} cannot run here: {reason}")
+        raise BackendUnavailableError(name, reason)
     return name
 
 
