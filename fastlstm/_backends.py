@@ -129,6 +129,14 @@ def unavailable_reason(
     raise AssertionError(backend)
 
 
+class BackendUnavailableError(RuntimeError):
+    """A backend named explicitly cannot run the call (``backend`` and ``reason`` say why)."""
+
+    def __init__(self, backend: str, reason: str):
+        super().__init__(f"fastlstm backend {backend!r} cannot run here: {reason}")
+        self.backend, self.reason = backend, reason
+
+
 def resolve(
     requested: str | None, device: torch.device, dtype: torch.dtype, *, proj: bool = False, op: str | None = None,
     head_dim: int | None = None,
@@ -150,7 +158,7 @@ def resolve(
         return "reference"
     reason = unavailable_reason(name, device, dtype, proj=proj, op=op, head_dim=head_dim)
     if reason is not None:
-        raise RuntimeError(f"fastlstm backend {name!r} cannot run here: {reason}")
+        raise BackendUnavailableError(name, reason)
     return name
 
 

@@ -24,7 +24,7 @@ def _case_errors(backend: str, kwargs: dict, batch: int, seq_len: int, lengths, 
     module = LSTM(**kwargs, dtype=dtype, backend=backend)
     x = torch.randn(seq_len, batch, kwargs["input_size"], dtype=dtype, requires_grad=True)
     len_t = torch.tensor(lengths, dtype=torch.int64) if lengths is not None else None
-    out, h, c = module._run(x, None, len_t)
+    out, h, c = module._run(x, None, len_t)[:3]  # (out, h_n, c_n, gate record)
     grads = torch.autograd.grad(out.sum() + h.sum() + 0.5 * c.sum(), [x, *module.parameters()])
     ref_x = x.detach().double().requires_grad_(True)
     ref_w = [w.detach().double().requires_grad_(True) for w in module._flat_weights]
@@ -48,7 +48,9 @@ def run_check(verbose: bool = False) -> int:
     for backend in backends:
         name = backend.split("@")[0]
         for dtype in (torch.float32, torch.float64):
-            if _backends.unavailable_reason(name, torch.device("cpu"), dtype) is not None and "@" not in backend:
+            reason = _backends.unavailable_reason(name, torch.device("cpu"), dtype)
+            if reason is not None and "@" not in backend:
+                print(f"{backend:<14}{str(dtype).removeprefix('torch.'):<10}{'(all)':<12}{'':>24}  skip: {reason}")
                 continue
             tol = PARITY_TOLERANCE[dtype]["atol"] * 10
             for case, kwargs, batch, seq_len, lengths in CHECK_CASES:

@@ -15,6 +15,7 @@
 
 #include "fastlstm/cpu_capability.h"
 #include "fastlstm/cpu_tuning.h"
+#include "fixed_order_gemm.h"
 #include "int8_lstm.h"
 #include "lstm_recurrence.h"
 #include "omp_team.h"
@@ -718,6 +719,39 @@ template SparseAttentionFwdFn<float> sparse_attention_fwd_variant<float>();
 template SparseAttentionFwdFn<double> sparse_attention_fwd_variant<double>();
 template SparseAttentionBwdFn<float> sparse_attention_bwd_variant<float>();
 template SparseAttentionBwdFn<double> sparse_attention_bwd_variant<double>();
+
+template <typename T>
+FixedOrderGemmTileFn<T> fixed_order_gemm_variant() {
+  switch (active_cpu_capability()) {
+#if defined(FASTLSTM_HAVE_AVX512)
+    case CpuCapability::Avx512Vnni:
+    case CpuCapability::Avx512: return &fixed_order_gemm_tile_avx512;
+#endif
+#if defined(FASTLSTM_HAVE_AVX2)
+    case CpuCapability::Avx2: return &fixed_order_gemm_tile_avx2;
+#endif
+    default: return &fixed_order_gemm_tile_scalar;
+  }
+}
+
+template <typename T>
+FixedOrderColsumFn<T> fixed_order_colsum_variant() {
+  switch (active_cpu_capability()) {
+#if defined(FASTLSTM_HAVE_AVX512)
+    case CpuCapability::Avx512Vnni:
+    case CpuCapability::Avx512: return &fixed_order_colsum_avx512;
+#endif
+#if defined(FASTLSTM_HAVE_AVX2)
+    case CpuCapability::Avx2: return &fixed_order_colsum_avx2;
+#endif
+    default: return &fixed_order_colsum_scalar;
+  }
+}
+
+template FixedOrderGemmTileFn<float> fixed_order_gemm_variant<float>();
+template FixedOrderGemmTileFn<double> fixed_order_gemm_variant<double>();
+template FixedOrderColsumFn<float> fixed_order_colsum_variant<float>();
+template FixedOrderColsumFn<double> fixed_order_colsum_variant<double>();
 
 }  // namespace cpu
 }  // namespace fastlstm

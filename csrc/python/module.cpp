@@ -19,6 +19,7 @@ namespace binding {
 void bind_lstm(py::module_& m);
 void bind_int8(py::module_& m);
 void bind_attention(py::module_& m);
+void bind_fixed_order(py::module_& m);
 #ifdef FASTLSTM_WITH_CUDA
 void bind_cuda_lstm(py::module_& m);
 #endif
@@ -100,6 +101,7 @@ PYBIND11_MODULE(_C, m) {
   binding::bind_lstm(m);
   binding::bind_int8(m);
   binding::bind_attention(m);
+  binding::bind_fixed_order(m);
 #ifdef FASTLSTM_WITH_CUDA
   binding::bind_cuda_lstm(m);
 #endif

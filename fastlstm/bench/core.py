@@ -254,15 +254,35 @@ def sgemm_peak(method: Method, size: int = 2048, device: str = "cpu") -> dict:
     }
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    """lscpu's "Model name" (from /proc/cpuinfo); a VM may show only a generic name."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """The vendor and family/model numbers, e.g. "GenuineIntel 6/143" (Sapphire
+    Rapids) or "AuthenticAMD 25/17" (Zen 4): they tell machines apart where the
+    model name is generic."""
+    info = _cpuinfo()
+    vendor = info.get("vendor_id") or platform.machine()
+    if "cpu family" in info and "model" in info:
+        return f"{vendor} {info['cpu family']}/{info['model']}"
+    return vendor
 
 
 def _version(module: str) -> str | None:
@@ -283,6 +303,7 @@ def machine_info(threads: int, device: str) -> dict:
     info = {
         "hostname": platform.node(),
         "cpu_model": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
         "cpu_count": os.cpu_count(),
         "isa": _ext.cpu_capability(),
         "detected_isa": _ext._C.detected_cpu_capability() if _ext.available() else None,

@@ -171,7 +171,8 @@ def header_lines(report: dict) -> list[str]:
     m, s = report["machine"], report["sgemm"]
     v = m["versions"]
     return [
-        f"fastlstm bench on {m['cpu_model']} (ISA {m['isa']}), {m['threads']} threads, {report['created']}",
+        f"fastlstm bench on {m['cpu_model']} [{m.get('cpu_vendor', 'vendor not recorded')}] (ISA {m['isa']}), "
+        f"{m['threads']} threads, {report['created']}",
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"sgemm peak: {s['peak_gflops']:.1f} GFLOP/s (torch.mm {s['size']}x{s['size']} fp32, best of "
         f"{s['calls']}; median {s['median_gflops']:.1f})",

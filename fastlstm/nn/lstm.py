@@ -246,6 +246,8 @@ class LSTM(nn.Module):
     def _run(self, x: Tensor, hx, lengths: Tensor | None):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        if torch.onnx.is_in_onnx_export() and lengths is None:
+            return (*self._torch_kernel(x, hx), None)
         raw = [] if self.return_gates or self._gate_recorders else None
         out, h_n, c_n = lstm_op(
             x, hx, self._flat_weights,
@@ -261,6 +263,17 @@ class LSTM(nn.Module):
             for recorder in self._gate_recorders:
                 recorder.append(gates)
         return out, h_n, c_n, gates
+
+    def _torch_kernel(self, x: Tensor, hx) -> tuple[Tensor, Tensor, Tensor]:
+        """torch's own LSTM on time-major x: what torch.onnx exports (both
+        exporters lower it to ONNX's standard LSTM operator)."""
+        if hx is None:
+            rows, batch = self.num_layers * (2 if self.bidirectional else 1), x.shape[1]
+            out_size = self.proj_size or self.hidden_size
+            hx = (x.new_zeros(rows, batch, out_size), x.new_zeros(rows, batch, self.hidden_size))
+        out, h_n, c_n = torch._VF.lstm(x, tuple(hx), self._flat_weights, self.bias, self.num_layers,
+                                       self.dropout, self.training, self.bidirectional, False)
+        return out, h_n, c_n
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
         if isinstance(input, PackedSequence):
@@ -443,11 +456,15 @@ class LSTMCell(nn.Module):
         weights = [self.weight_ih, self.weight_hh]
         if self.bias:
             weights += [self.bias_ih, self.bias_hh]
-        _, h, c = lstm_op(
-            input.unsqueeze(0), (h0.unsqueeze(0), c0.unsqueeze(0)), weights,
-            num_layers=1, has_bias=self.bias, backend=self.backend,
-        )
-        h, c = h[0], c[0]
+        if torch.onnx.is_in_onnx_export():
+            # torch's own cell, which both torch.onnx exporters know.
+            h, c = torch._VF.lstm_cell(input, (h0, c0), *weights)
+        else:
+            _, h, c = lstm_op(
+                input.unsqueeze(0), (h0.unsqueeze(0), c0.unsqueeze(0)), weights,
+                num_layers=1, has_bias=self.bias, backend=self.backend,
+            )
+            h, c = h[0], c[0]
         if not batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c

@@ -107,3 +107,18 @@ def test_int8_peers_compare_with_fastlstm_int8(fake):
     by = {m["impl"]: m for m in c["measurements"]}
     assert report.speedup(c, by["torch"]) == pytest.approx(2.0)
     assert report.speedup(c, by["torch-int8"]) == pytest.approx(3.0)
+
+
+def test_machine_info_and_header_name_the_cpu_model_and_vendor(fake):
+    from fastlstm.bench import core
+
+    info = core.machine_info(threads=1, device="cpu")
+    assert info["cpu_model"] and info["cpu_vendor"]
+    with open("/proc/cpuinfo") as f:
+        text = f.read()
+    if "model name" in text:
+        assert info["cpu_model"] in text and info["cpu_vendor"].split()[0] in text
+    r = fake.report()
+    r["machine"].update(cpu_model=info["cpu_model"], cpu_vendor=info["cpu_vendor"])
+    header = report.header_lines(r)[0]
+    assert info["cpu_model"] in header and info["cpu_vendor"] in header

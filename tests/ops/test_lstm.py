@@ -49,18 +49,33 @@ def _loss(outputs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_recurrence_matches_reference(case, dtype):
+    """fp64: parity with the reference. fp32: the design's rule against an fp64
+    reference (at most 2x the fp32 reference's own error, plus 1e-6); a fixed
+    tolerance between two fp32 results fails where both are within the rule
+    (the scalar level's dh0 in proj-wide: 1.2e-5 apart, each ~2e-5 off)."""
     args = _inputs(*case, dtype=dtype)
+    args64 = [a.detach().double().requires_grad_(a.requires_grad) if a is not None and a.is_floating_point() else a
+              for a in args]
     fused = lstm_recurrence(*args, True)
     ref = reference.lstm_recurrence(*args)
-    for name, a, b in zip(["y", "h_n", "c_n", "gates", "cells"], fused, ref):
-        assert_parity(a, b, dtype, name=name)
-    diff_inputs = [a for a in args if a is not None and a.requires_grad]
+    ref64 = reference.lstm_recurrence(*args64)
+
+    def check(a, b, r, name):
+        if dtype == torch.float64:
+            return assert_parity(a, b, dtype, name=name)
+        ok, err, peer = within_error_rule(a, b, r)
+        assert ok, f"{name}: error {err:.3g} against fp64, fp32 reference {peer:.3g}"
+
+    for name, a, b, r in zip(["y", "h_n", "c_n", "gates", "cells"], fused, ref, ref64):
+        check(a, b, r, name)
+    diff = [i for i, a in enumerate(args) if a is not None and a.requires_grad]
     if case[1] == 0:
         return
-    g_fused = torch.autograd.grad(_loss(fused), diff_inputs)
-    g_ref = torch.autograd.grad(_loss(ref), diff_inputs)
-    for i, (a, b) in enumerate(zip(g_fused, g_ref)):
-        assert_parity(a, b, dtype, name=f"grad {i}")
+    g_fused = torch.autograd.grad(_loss(fused), [args[i] for i in diff])
+    g_ref = torch.autograd.grad(_loss(ref), [args[i] for i in diff])
+    g_ref64 = torch.autograd.grad(_loss(ref64), [args64[i] for i in diff])
+    for i, (a, b, r) in enumerate(zip(g_fused, g_ref, g_ref64)):
+        check(a, b, r, f"grad {i}")
 
 
 @needs_cpu

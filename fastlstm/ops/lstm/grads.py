@@ -3,8 +3,9 @@
 Every reduction over steps and batch of the LSTM ops' backward is here:
 :func:`weight_grads` (the fused layer op and the recurrence op) and
 :func:`input_weight_grads` (the input projection op). The GEMMs are torch's;
-a fixed-order kernel can replace them here alone. Leaf module: the Triton
-backend imports it too.
+every reduction over T*B runs in an order fastlstm fixes
+(:mod:`fastlstm.ops._fixed_order`), so the bits do not depend on the thread
+count, the CPU or the BLAS. Leaf module: the Triton backend imports it too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.utils import _python_dispatch
+
+from fastlstm.ops import _fixed_order
 
 
 def plain_eager(x: Tensor) -> bool:
@@ -49,8 +52,8 @@ def dw_hh(dgates: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tens
     # specialise on T.)
     if not plain_eager(dgates) or lengths is not None or T < 2:
         hprev = previous_hidden(y, h0, lengths)
-        return torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B),
-                         hprev.permute(2, 0, 1, 3).reshape(D, T * B, y.shape[-1]))
+        return torch.stack([_fixed_order.mm_tn(hprev[:, :, d].reshape(T * B, y.shape[-1]),
+                                               dgates[:, :, d].reshape(T * B, G)).t() for d in range(D)])
     # Full-length sequences: h_prev is y shifted by one step (h0 at the start),
     # read in place through strided views instead of a stacked copy.
     out = []
@@ -58,8 +61,8 @@ def dw_hh(dgates: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tens
         first, rest = (0, slice(1, None)) if d == 0 else (T - 1, slice(None, T - 1))
         prev = slice(None, T - 1) if d == 0 else slice(1, None)
         dg, hy = dgates[rest, :, d].reshape(-1, G), y[prev, :, d].reshape(-1, y.shape[-1])
-        # Computed transposed, (H, 4H): MKL runs this orientation 5-15% faster.
-        out.append(torch.addmm(h0[d].t() @ dgates[first, :, d], hy.t(), dg).t())
+        # Computed transposed, (H, 4H): the kernel vectorises along 4H.
+        out.append(_fixed_order.mm_tn(hy, dg, _fixed_order.mm_tn(h0[d], dgates[first, :, d])).t())
     return torch.stack(out)
 
 
@@ -71,14 +74,14 @@ def weight_grads(dgates: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None,
     flat = dgates.reshape(T * B, D * G)
     dw_ih = None
     if x is not None:
-        dw_ih = (x.reshape(T * B, x.shape[-1]).t() @ flat).t()  # transposed, as in dw_hh
-    db = flat.sum(0) if bias else None
+        dw_ih = _fixed_order.mm_tn(x.reshape(T * B, x.shape[-1]), flat).t()  # transposed, as in dw_hh
+    db = _fixed_order.colsum(flat) if bias else None
     return dw_ih, dw_hh(dgates, y, h0, lengths), db
 
 
 def input_weight_grads(dgx: Tensor, x: Tensor, need_w: bool, need_bias: bool) -> tuple[Tensor | None, Tensor | None]:
     """(dW_ih, d bias) of the input projection gx = x·W_ihᵀ + b: dgx (N, D*4H), x (N, I)."""
-    return (dgx.t() @ x if need_w else None), (dgx.sum(0) if need_bias else None)
+    return (_fixed_order.mm_tn(x, dgx).t() if need_w else None), (_fixed_order.colsum(dgx) if need_bias else None)
 
 
 def projection_weight_grad(dhproj: Tensor, gates: Tensor, cells: Tensor) -> Tensor:
@@ -86,4 +89,11 @@ def projection_weight_grad(dhproj: Tensor, gates: Tensor, cells: Tensor) -> Tens
     T, B, D, P = dhproj.shape
     H = cells.shape[-1]
     hpre = gates[..., 3 * H :] * torch.tanh(cells)
-    return torch.bmm(dhproj.permute(2, 3, 0, 1).reshape(D, P, T * B), hpre.permute(2, 0, 1, 3).reshape(D, T * B, H))
+    return torch.stack([_fixed_order.mm_tn(dhproj[:, :, d].reshape(T * B, P), hpre[:, :, d].reshape(T * B, H))
+                        for d in range(D)])
+
+
+def input_grad(dgates_flat: Tensor, w_ih: Tensor) -> Tensor:
+    """dx (N, I) = dgates (N, D*4H) · W_ih (D*4H, I), its sum over gates in fixed order
+    (a BLAS may split a reduction this short by thread count when N is small)."""
+    return _fixed_order.mm(dgates_flat, w_ih)

@@ -82,7 +82,7 @@ def _layer_backward(ctx, dy, dhn, dcn, _dgates, _dcells):
     T, B, D, G = dgates.shape
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_w = any(need_w) if isinstance(need_w, (list, tuple)) else need_w
-    dx = (dgates.view(T * B, D * G) @ w_ih).view(x.shape) if need_x else None
+    dx = grads.input_grad(dgates.view(T * B, D * G), w_ih).view(x.shape) if need_x else None
     dweights = [None] * len(weights)  # (a list like the input, even when unused)
     if need_w:
         dw_ih, dw_hh, db = grads.weight_grads(dgates, y, h0, lengths, x, ctx.has_bias)

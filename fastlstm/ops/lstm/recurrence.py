@@ -76,7 +76,7 @@ def _projection_setup_context(ctx, inputs, output):
 
 def _projection_backward(ctx, dgx):
     x, w_ih = ctx.saved_tensors
-    dx = dgx @ w_ih if ctx.needs_input_grad[0] else None
+    dx = grads.input_grad(dgx, w_ih) if ctx.needs_input_grad[0] else None
     dw, db = grads.input_weight_grads(dgx, x, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
     return dx, dw, db, None
 

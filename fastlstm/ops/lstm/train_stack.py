@@ -144,7 +144,7 @@ def _backward(ctx, dy, dhn, dcn, _dsaved):
                     # shared one would alias their .grad).
                     dweights[i + 2], dweights[i + 3] = db[d * G : (d + 1) * G], db[d * G : (d + 1) * G].clone()
         if layer > 0 or need_x:
-            d_in = (dgates.reshape(T * B, D * 4 * H) @ w_ih).view(T, B, -1)
+            d_in = grads.input_grad(dgates.reshape(T * B, D * 4 * H), w_ih).view(T, B, -1)
             if layer == 0:
                 dx = d_in
             else:

@@ -1,0 +1,4 @@
+// Fixed-order GEMM compiled for the avx512 level (flags set in CMakeLists.txt by file name).
+#include "fixed_order_gemm_generic.h"
+
+FASTLSTM_DEFINE_FIXED_ORDER_GEMM_VARIANT(avx512, Avx512F, Avx512D)
