@@ -13,12 +13,22 @@ def test_check_passes_and_exits_zero(python_subprocess):
 
 
 def test_check_fails_when_a_backend_is_wrong(python_subprocess):
-    # The cpu backend's input projection gets an error of 1e-3 added: check must see it.
+    # The cpu backend's input projection kernel gets an error of 1e-3 added to
+    # what it writes (every fp32 path runs it or the stack kernel, both broken
+    # here): check must see it.
     broken = (
-        "import importlib\n"
-        "ops = importlib.import_module('fastlstm.ops.lstm')\n"
-        "_project = ops._project\n"
-        "ops._project = lambda *a: _project(*a) + 1e-3\n"
+        "import torch\n"
+        "from fastlstm import _ext\n"
+        "class Broken:\n"
+        "    def __init__(self, real): self._real = real\n"
+        "    def __getattr__(self, name): return getattr(self._real, name)\n"
+        "    def lstm_input_projection(self, *a):\n"
+        "        self._real.lstm_input_projection(*a)\n"
+        "        a[4][3].add_(1e-3)\n"
+        "    def lstm_stack_fwd(self, *a):\n"
+        "        self._real.lstm_stack_fwd(*a)\n"
+        "        a[5][3].add_(1e-3)\n"
+        "_ext._C = Broken(_ext._C)\n"
     )
     proc = python_subprocess(broken + RUN_CHECK)
     assert proc.returncode == 1, proc.stdout + proc.stderr
