@@ -104,8 +104,13 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="acc"):
         _fixed_order.mm(torch.randn(3, 4), torch.randn(4, 2), torch.randn(2, 3))
     with pytest.raises(ValueError, match="elements"):
-        _ext._C.fixed_order_gemm("float32", (torch.randn(4).data_ptr(), 4), 1, 1, (torch.randn(4).data_ptr(), 4),
-                                 2, (torch.randn(4).data_ptr(), 4), 2, 2, 2, 3, False, 1)
+        a, b, c = torch.randn(4), torch.randn(4), torch.randn(4)
+        _ext._C.fixed_order_gemm("float32", _ext.strided_buf(a), 1, 1, _ext.strided_buf(b), 2,
+                                 _ext.strided_buf(c), 2, 2, 2, 3, False, 1)
+    with pytest.raises(ValueError, match="byte elements"):
+        a, b, c = torch.randn(4, dtype=torch.float64), torch.randn(4), torch.randn(4)
+        _ext._C.fixed_order_gemm("float32", _ext.strided_buf(a), 2, 1, _ext.strided_buf(b), 2,
+                                 _ext.strided_buf(c), 2, 2, 2, 2, False, 1)
 
 
 def test_opcheck_and_gradcheck():
