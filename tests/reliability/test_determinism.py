@@ -1,5 +1,6 @@
 """Determinism: identical outputs and gradients, bit for bit, across runs and
-torch thread counts; torch.use_deterministic_algorithms(True) is honoured."""
+torch thread counts under torch.use_deterministic_algorithms(True) (the weight
+gradients then sum in fastlstm's fixed order, not a BLAS's); the mode is honoured."""
 
 import pytest
 import torch
@@ -26,9 +27,12 @@ def _run(module, x, hx, lengths=None):
 
 @pytest.fixture
 def threads():
-    saved = torch.get_num_threads()
+    """Deterministic mode on (what the bitwise promise is made under); thread count restored."""
+    saved, saved_mode = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
     yield
     torch.set_num_threads(saved)
+    torch.use_deterministic_algorithms(saved_mode)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
@@ -67,9 +71,12 @@ def test_use_deterministic_algorithms_honoured_on_cpu(backend):
         strict = [_run(module, x, hx) for _ in range(2)]
     finally:
         torch.use_deterministic_algorithms(saved)
-    for run in strict:
-        for a, e in zip(run, free):
-            assert torch.equal(a, e)
+    # Deterministic mode sums the weight gradients in fastlstm's fixed order:
+    # the same bits every run, and the free mode's values up to rounding.
+    for a, e in zip(strict[1], strict[0]):
+        assert torch.equal(a, e)
+    for a, e in zip(strict[0], free):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
 def test_nondeterministic_backends_refused_in_deterministic_mode(monkeypatch):
