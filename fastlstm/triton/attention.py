@@ -15,6 +15,8 @@ Pattern and the no-allowed-key convention (output 0, lse -inf) are those of
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -341,4 +343,6 @@ def sparse_attention(
 
     >>> out, lse = sparse_attention(q, k, v, 64, 64, 0, q.shape[-1] ** -0.5)
     """
+    if not math.isfinite(scale):  # as the compiled CPU and CUDA kernels refuse it
+        raise ValueError(f"triton sparse_attention: scale must be finite, got {scale}")
     return torch.ops.fastlstm.triton_sparse_attention(q, k, v, left, right, global_tokens, scale, key_padding_mask)

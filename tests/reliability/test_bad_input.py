@@ -501,6 +501,8 @@ _LONG_SEQ = textwrap.dedent(
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 def test_long_sequence_bounded_memory(backend):
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("T = 100000 steps in Triton's interpreter take far longer than the test's time limit")
     T_long, H_, I_ = 100_000, 8, 4
     env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(fastlstm.__file__).resolve().parent.parent))
     run = subprocess.run([sys.executable, "-c", _LONG_SEQ, str(T_long), backend], capture_output=True, text=True,
