@@ -3,6 +3,7 @@ sequence length, torch.export, ONNX (standard LSTM operator, run in ONNX
 Runtime), CPU autocast (bf16), state_dict round trips and torch.save/load."""
 
 import io
+import os
 import pickle
 
 import pytest
@@ -37,6 +38,9 @@ class Tagger(nn.Module):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_compile_fullgraph_dynamic_seq_len_no_recompile(backend):
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("with dynamic shapes under Triton's interpreter, dynamo runs the interpreted kernel on "
+                    "fake tensors (reading their data pointers); compiled Triton kernels are opaque to it")
     # aot_eager traces the fake kernels and autograd exactly as inductor does;
     # inductor's C++ codegen adds minutes on a 2-core CI machine and tests
     # nothing of fastlstm's beyond that.
