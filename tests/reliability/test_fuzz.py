@@ -185,7 +185,7 @@ def _attention_inputs(B, H, Tq, Tk, D, Dv, window, global_tokens, mask, layouts,
 def test_fuzz_sparse_attention_vs_reference(case, backend):
     B, H, Tq, Tk, D, Dv, window, global_tokens, mask, layouts, dtype, seed = case
     # Only combinations the backend runs (triton refuses fp64; its own tests say so).
-    assume(_backends.unavailable_reason(backend, torch.device("cpu"), dtype, op="attention", head_dim=D) is None)
+    assume(_backends.unavailable_reason(backend, torch.device("cpu"), dtype, op="sparse_attention", head_dim=max(D, Dv)) is None)
     q, k, v, pad = _attention_inputs(*case)
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     out, lse = ops.sparse_attention(*leaves, window, global_tokens, None, pad, backend=backend)
