@@ -54,6 +54,10 @@ void lstm_input_projection(const LstmInputProjParams& p);
 void lstm_stack_fwd(const LstmStackFwdParams& p);
 // Whether lstm_stack_fwd runs p as a wavefront over the layers (dispatch.cpp says when).
 bool lstm_stack_uses_wavefront(const LstmStackFwdParams& p);
+// A whole training stack's forward and backward (see LstmStackTrainParams;
+// needs a SIMD level, as lstm_input_projection).
+void lstm_stack_train_fwd(const LstmStackTrainParams& p);
+void lstm_stack_train_bwd(const LstmStackTrainParams& p);
 
 #define FASTLSTM_DECLARE_RECURRENCE_VARIANT(isa)                                     \
   void lstm_recurrence_fwd_##isa(const LstmRecurrenceFwdParams<float>& p, float* scratch);   \

@@ -13,6 +13,20 @@
 namespace fastlstm {
 namespace binding {
 
+// cpu::lstm_packed_weights_size without wrapping: a ValueError when the size
+// does not fit 64 bits (the bindings compare buffers against it).
+int64_t packed_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only, const char* fn) {
+  const int64_t W = cpu::lstm_packed_vector_width(is_double);
+  if (W == 0) return 0;
+  const int64_t fwd = checked_mul({checked_round_up(H, W, fn, "packed weights"), P, 4}, fn, "packed weights");
+  const int64_t bwd =
+      forward_only ? 0 : checked_mul({checked_round_up(P, W, fn, "packed weights"), 4, H}, fn, "packed weights");
+  int64_t per_dir;
+  if (__builtin_add_overflow(fwd, bwd, &per_dir))
+    throw py::value_error(std::string(fn) + ": size of packed weights overflows 64 bits");
+  return checked_mul({D, per_dir}, fn, "packed weights");
+}
+
 namespace {
 
 struct Dims {
@@ -32,20 +46,6 @@ void check_lengths(const int64_t* lengths, const Dims& d, const char* fn) {
     if (lengths[b] < 0 || lengths[b] > d.T)
       throw py::value_error(std::string(fn) + ": lengths[" + std::to_string(b) + "] = " +
                             std::to_string(lengths[b]) + " is outside [0, seq_len]");
-}
-
-// cpu::lstm_packed_weights_size without wrapping: a ValueError when the size
-// does not fit 64 bits (the bindings compare buffers against it).
-int64_t packed_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only, const char* fn) {
-  const int64_t W = cpu::lstm_packed_vector_width(is_double);
-  if (W == 0) return 0;
-  const int64_t fwd = checked_mul({checked_round_up(H, W, fn, "packed weights"), P, 4}, fn, "packed weights");
-  const int64_t bwd =
-      forward_only ? 0 : checked_mul({checked_round_up(P, W, fn, "packed weights"), 4, H}, fn, "packed weights");
-  int64_t per_dir;
-  if (__builtin_add_overflow(fwd, bwd, &per_dir))
-    throw py::value_error(std::string(fn) + ": size of packed weights overflows 64 bits");
-  return checked_mul({D, per_dir}, fn, "packed weights");
 }
 
 // The packed weights must match the layout of the kernel active now (the ISA

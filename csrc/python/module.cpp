@@ -17,6 +17,7 @@ namespace py = pybind11;
 namespace fastlstm {
 namespace binding {
 void bind_lstm(py::module_& m);
+void bind_lstm_train(py::module_& m);
 void bind_int8(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_fixed_order(py::module_& m);
@@ -99,6 +100,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("has_cuda") = false;
 #endif
   binding::bind_lstm(m);
+  binding::bind_lstm_train(m);
   binding::bind_int8(m);
   binding::bind_attention(m);
   binding::bind_fixed_order(m);

@@ -99,4 +99,51 @@ struct LstmStackFwdParams {
   int num_threads = 1;
 };
 
+// One layer of a training stack (LstmStackTrainParams).
+struct LstmStackTrainLayer {
+  LstmStackLayer weights;       // what the forward reads
+  const float* w_ih = nullptr;  // (D * 4H, input) directions concatenated: the backward's dx
+  float* gates = nullptr;       // (T, B, D, 4H) gate activations, written by the forward
+  float* cells = nullptr;       // (T, B, D, H) cell states, written by the forward
+  float* y = nullptr;           // (T, B, D, H) this layer's output, written by the forward
+  // Written by the backward; null: not wanted (all four null or none, but
+  // db_ih/db_hh null when the layer has no bias).
+  float* dw_ih = nullptr;  // (D * 4H, input)
+  float* dw_hh = nullptr;  // (D, 4H, H)
+  float* db_ih = nullptr;  // (D * 4H) (b_ih and b_hh get equal gradients, in two buffers)
+  float* db_hh = nullptr;  // (D * 4H)
+};
+
+// A whole training stack (fp32, SIMD kernels, no projection, no dropout
+// between layers): lstm_stack_train_fwd runs every layer's projection and
+// recurrence saving what the backward reads; lstm_stack_train_bwd runs, top
+// layer down, the reverse recurrence, the weight and bias gradients (the
+// fixed-order GEMM: the same bits for any thread count) and the gradient of
+// the layer's input. One call each way instead of a dozen small torch ops
+// per layer.
+struct LstmStackTrainParams {
+  const float* x = nullptr;          // (T, B, I)
+  const float* h0 = nullptr;         // (L * D, B, H)
+  const float* c0 = nullptr;         // (L * D, B, H)
+  const int64_t* lengths = nullptr;  // (B) or null
+  LstmStackTrainLayer* layers = nullptr;
+  int64_t num_layers = 0, input = 0;
+  // Forward.
+  float* hn = nullptr;  // (L * D, B, H)
+  float* cn = nullptr;  // (L * D, B, H)
+  float* gx = nullptr;  // (T * B, D * 4H) workspace
+  // Backward.
+  const float* dy = nullptr;   // (T, B, D * H) gradient of the top layer's output
+  const float* dhn = nullptr;  // (L * D, B, H) or null (zero)
+  const float* dcn = nullptr;  // (L * D, B, H) or null (zero)
+  float* dx = nullptr;         // (T, B, I) or null (not wanted)
+  float* dh0 = nullptr;        // (L * D, B, H)
+  float* dc0 = nullptr;        // (L * D, B, H)
+  float* dgates = nullptr;     // (T * B, D * 4H) workspace
+  float* d_out = nullptr;      // (T, B, D * H) workspace: a lower layer's output gradient (L > 1)
+  float* h_prev = nullptr;     // (T, B, D, H) workspace: the state each step read (with lengths)
+  int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0;
+  int num_threads = 1;
+};
+
 }  // namespace fastlstm

@@ -16,14 +16,17 @@ from fastlstm.ops._alloc import empty
 from fastlstm.ops.lstm import _checks, grads
 from fastlstm.ops.lstm.prepared import PreparedWeights, layer_parts, prepared_weights, workspace
 from fastlstm.ops.lstm.recurrence import project, recurrence
+from fastlstm.ops.lstm.train_stack import LstmStack
 
 
 class Plan(NamedTuple):
     """How one :func:`lstm` call runs.
 
     ``path``: "stack" (every layer in one kernel call), "direct" (the kernels
-    per layer, no dispatcher), "stack_op" (training: one ``fastlstm::lstm_stack``
-    node for every layer), "layer_op" (training with dropout between layers: one
+    per layer, no dispatcher), "stack_fn" (eager training: one autograd node for
+    every layer, :class:`~fastlstm.ops.lstm.train_stack.LstmStack`), "stack_op"
+    (the same through the registered ``fastlstm::lstm_stack``, which a compiler
+    records), "layer_op" (training with dropout between layers: one
     ``fastlstm::lstm_layer`` node per layer) or "ops" (per layer through the registered projection and
     recurrence ops, or the backend's). ``weights``: "prepared" (the kernels'
     forms from the prepared weights) or "differentiable" (built with autograd
@@ -56,7 +59,7 @@ def plan(*, backend: str, dtype: torch.dtype, state_dtype: torch.dtype, proj_siz
         return Plan("stack" if stack else "direct", "prepared", False)
     if backend == "cpu" and save and proj_size == 0 and not record and not tracing:
         if not dropout_between:
-            return Plan("stack_op", "prepared", True)
+            return Plan("stack_fn" if cpu_eager else "stack_op", "prepared", True)
         if grads_to_weights:
             return Plan("layer_op", "prepared", True)
     # A tracer or compiler must record how the kernels' weights derive from the parameters.
@@ -163,6 +166,8 @@ def lstm(
         empty_input=T * B == 0, compiling=torch.compiler.is_compiling(),
     )
     prep = None
+    if chosen.path == "stack_fn":
+        return LstmStack.apply(x, h0_all, c0_all, lengths, num_layers, bidirectional, has_bias, *weights)
     if chosen.path == "stack_op":
         return _stack_train(x, h0_all, c0_all, weights, lengths, num_layers, bidirectional, has_bias)
     if chosen.weights == "prepared" and backend == "cpu" and chosen.path != "layer_op":

@@ -4,10 +4,18 @@ training, one autograd node for every layer.
 Per layer, ``fastlstm::lstm_layer`` costs a dispatcher call, an autograd node
 and its Python glue in forward and again in backward; at small sizes (B = 1,
 T = 24, H = 64) that glue is most of a training step. This op runs every layer
-in one call on the prepared weights and does the whole backward in one node:
-per layer, top down, the fused reverse recurrence, then ``dx`` (the layer
-below's output gradient) and the weight gradients (:func:`grads.weight_grads`).
+on the prepared weights and does the whole backward in one node. fp32 on a
+SIMD CPU level runs each way as one ``_C`` call (``lstm_stack_train_fwd`` /
+``_bwd``: per layer, top down, the fused reverse recurrence, the weight
+gradients on the fixed-order GEMM and the layer input's gradient); otherwise,
+and for backwards large enough that torch's GEMMs win
+(:func:`backward_in_one_call`), per layer in Python with the same kernels.
 No projection, no dropout between layers (those take the per-layer ops).
+
+Eager calls from :func:`fastlstm.ops.lstm` take :class:`LstmStack`, an
+``autograd.Function`` over the same forward and backward (the registered op's
+dispatch and pytree work cost about 0.2 ms a step); traced and compiled calls
+take the registered op.
 """
 
 from __future__ import annotations
@@ -15,10 +23,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastlstm import _ext
+from fastlstm.ops._alloc import empty, pooled_empty
 from fastlstm.ops.lstm import _checks, grads
 from fastlstm.ops.lstm.prepared import prepared_weights, workspace
 from fastlstm.ops.lstm.recurrence import project, recurrence, reverse_recurrence
 
+# Above this many multiply-adds in the backward's weight-gradient GEMMs
+# (T*B * 4H * (I + H) per layer and direction), torch's GEMM (MKL) beats the
+# fixed-order one by more than the one-call backward saves; measured on the
+# Intel Xeon (docs/notes/2026-12-06-one-call-training.md).
+ONE_CALL_MAX_MACS = 16 << 20
+
+
+def backward_in_one_call(T: int, B: int, D: int, H: int, I: int, num_layers: int) -> bool:
+    """Whether the backward runs as one ``_C`` call (the one place this is decided):
+    always under ``torch.use_deterministic_algorithms(True)`` (both routes then
+    use the fixed-order GEMM, with the same bits), else for small sizes."""
+    if torch.are_deterministic_algorithms_enabled():
+        return True
+    macs = T * B * 4 * H * (I + H + (num_layers - 1) * (D * H + H)) * D
+    return macs <= ONE_CALL_MAX_MACS
 
 def _per_layer(weights, num_layers: int, D: int, has_bias: bool) -> int:
     n = (4 if has_bias else 2) * D
@@ -43,6 +68,51 @@ def _check(x, weights, h0, c0, lengths, num_layers, bidirectional, has_bias):
     return D, n
 
 
+def forward(x, weights, h0, c0, lengths, num_layers: int, D: int, has_bias: bool):
+    """The stack's forward (arguments checked): (y (T, B, D*H), h_n, c_n, saved),
+    ``saved`` every layer's gate activations (T, B, D, 4H) and cell states (T, B, D, H),
+    then the outputs (T, B, D, H) of every layer but the last."""
+    prep = prepared_weights(weights, num_layers, D, has_bias, 0)
+    T, B = x.shape[0], x.shape[1]
+    H = h0.shape[-1]
+    hn = empty(num_layers * D, B, H, like=x)
+    cn = empty(num_layers * D, B, H, like=x)
+    stack_plan = _one_call_plan(prep, weights, x, h0, c0)
+    if stack_plan is not None:
+        gates = [pooled_empty(T, B, D, 4 * H, like=x) for _ in range(num_layers)]
+        cells = [pooled_empty(T, B, D, H, like=x) for _ in range(num_layers)]
+        outputs = [empty(T, B, D, H, like=x) for _ in range(num_layers)]
+        buf = _ext.buf
+        saved = [(buf(g), buf(c), buf(y)) for g, c, y in zip(gates, cells, outputs)]
+        _ext._C.lstm_stack_train_fwd(
+            buf(x.contiguous()), buf(h0.contiguous()), buf(c0.contiguous()), buf(lengths), stack_plan, saved,
+            buf(hn), buf(cn), buf(workspace(T * B * D * 4 * H, x)), T, B, x.shape[2], D, H,
+            torch.get_num_threads())
+    else:
+        gates, cells, outputs = [None] * num_layers, [None] * num_layers, [None] * num_layers
+        layer_in = x
+        for layer in range(num_layers):
+            w_ih, bias, w_hh, _ = prep.layer(weights, layer)
+            packed_ih, packed_hh = prep.packed(weights, layer)
+            out = workspace(T * B * D * 4 * H, x).view(T * B, D * 4 * H) if x.dtype == torch.float32 else None
+            gx = project(layer_in.reshape(T * B, layer_in.shape[-1]), w_ih, bias, D, out, packed_ih)
+            states = slice(layer * D, (layer + 1) * D)
+            y, hn[states], cn[states], gates[layer], cells[layer] = recurrence(
+                gx.view(T, B, D, 4 * H), w_hh, None, h0[states], c0[states], lengths, True, packed_hh)
+            outputs[layer] = y
+            layer_in = y.view(T, B, D * H)
+    del prep  # (held to here: it owns the plan's buffers)
+    saved = [t for pair in zip(gates, cells) for t in pair] + outputs[:-1]
+    return outputs[-1].view(T, B, D * H), hn, cn, saved
+
+
+def _one_call_plan(prep, weights, x, h0, c0):
+    """The prepared stack plan when the one-call kernels take these tensors, else None."""
+    if not (x.dtype == h0.dtype == c0.dtype == torch.float32 and x.shape[0] * x.shape[1] > 0):
+        return None
+    return prep.stack_plan(weights)
+
+
 @torch.library.custom_op("fastlstm::lstm_stack", mutates_args=(), device_types="cpu")
 def lstm_stack(
     x: Tensor, weights: list[Tensor], h0: Tensor, c0: Tensor, lengths: Tensor | None,
@@ -53,27 +123,8 @@ def lstm_stack(
     c_n (L*D, B, H) and what backward reads: every layer's gate activations
     (T, B, D, 4H) and cell states (T, B, D, H), then the outputs (T, B, D, H) of
     every layer but the last."""
-    D, n = _check(x, weights, h0, c0, lengths, num_layers, bidirectional, has_bias)
-    prep = prepared_weights(weights, num_layers, D, has_bias, 0)
-    T, B = x.shape[0], x.shape[1]
-    H = h0.shape[-1]
-    hn = x.new_empty(num_layers * D, B, H)
-    cn = x.new_empty(num_layers * D, B, H)
-    saved: list[Tensor] = []
-    outputs: list[Tensor] = []
-    layer_in = x
-    for layer in range(num_layers):
-        w_ih, bias, w_hh, _ = prep.layer(weights, layer)
-        packed_ih, packed_hh = prep.packed(weights, layer)
-        out = workspace(T * B * D * 4 * H, x).view(T * B, D * 4 * H) if x.dtype == torch.float32 else None
-        gx = project(layer_in.reshape(T * B, layer_in.shape[-1]), w_ih, bias, D, out, packed_ih).view(T, B, D, 4 * H)
-        states = slice(layer * D, (layer + 1) * D)
-        y, hn[states], cn[states], gates, cells = recurrence(gx, w_hh, None, h0[states], c0[states], lengths, True,
-                                                            packed_hh)
-        saved += [gates, cells]
-        outputs.append(y)
-        layer_in = y.view(T, B, D * H)
-    return layer_in, hn, cn, saved + outputs[:-1]
+    D, _ = _check(x, weights, h0, c0, lengths, num_layers, bidirectional, has_bias)
+    return forward(x, weights, h0, c0, lengths, num_layers, D, has_bias)
 
 
 @lstm_stack.register_fake
@@ -97,7 +148,13 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dy, dhn, dcn, _dsaved):
+def _needs(ctx) -> tuple:
+    """(x, weights, h0, c0) flags of the registered op's needs_input_grad."""
+    need_x, need_w, need_h, need_c = ctx.needs_input_grad[:4]
+    return need_x, any(need_w) if isinstance(need_w, (list, tuple)) else need_w, need_h, need_c
+
+
+def _op_backward(ctx, dy, dhn, dcn, _dsaved):
     num_layers, D, has_bias, n_saved = ctx.config
     x, h0, c0, lengths, y_top, *rest = ctx.saved_tensors
     saved, weights = rest[:n_saved], rest[n_saved:]
@@ -105,13 +162,108 @@ def _backward(ctx, dy, dhn, dcn, _dsaved):
         from fastlstm.ops.lstm.double_backward import stack_grads
 
         return stack_grads(ctx, x, weights, h0, c0, lengths, dy, dhn, dcn)
+    dx, dweights, dh0, dc0 = backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, ctx.config,
+                                      _needs(ctx))
+    return dx, dweights, dh0, dc0, None, None, None, None
+
+
+lstm_stack.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class LstmStack(torch.autograd.Function):
+    """The eager route to :func:`forward` and :func:`backward` (no dispatcher);
+    the arguments are checked by the caller (:func:`fastlstm.ops.lstm`)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, lengths, num_layers, bidirectional, has_bias, *weights):
+        D = 2 if bidirectional else 1
+        y, hn, cn, saved = forward(x, weights, h0, c0, lengths, num_layers, D, has_bias)
+        ctx.save_for_backward(x, h0, c0, lengths, y, *saved, *weights)
+        ctx.config = (num_layers, D, has_bias, len(saved))
+        ctx.set_materialize_grads(False)
+        return y, hn, cn
+
+    @staticmethod
+    def backward(ctx, dy, dhn, dcn):
+        num_layers, D, has_bias, n_saved = ctx.config
+        x, h0, c0, lengths, y_top, *rest = ctx.saved_tensors
+        saved, weights = rest[:n_saved], rest[n_saved:]
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: as the registered op
+            from fastlstm.ops.lstm.double_backward import stack_grads
+
+            ctx_like = _OpNeeds((needs[0], needs[7:], needs[1], needs[2]), ctx.config)
+            dx, dweights, dh0, dc0 = stack_grads(ctx_like, x, weights, h0, c0, lengths, dy, dhn, dcn)[:4]
+        else:
+            dx, dweights, dh0, dc0 = backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, ctx.config,
+                                              (needs[0], any(needs[7:]), needs[1], needs[2]))
+        return (dx, dh0, dc0, None, None, None, None, *dweights)
+
+
+class _OpNeeds:
+    """What stack_grads reads of the registered op's ctx."""
+
+    def __init__(self, needs_input_grad, config) -> None:
+        self.needs_input_grad, self.config = needs_input_grad, config
+
+
+def backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, needs):
+    """(dx, d weights (None where not wanted), dh0, dc0) of the stack; ``needs``:
+    the (x, any weight, h0, c0) flags."""
+    num_layers, D, has_bias, _ = config
+    need_x, need_w, need_h, need_c = needs
+    T, B, I = x.shape
+    H = h0.shape[-1]
     prep = prepared_weights(weights, num_layers, D, has_bias, 0)
+    # (A compiler traces the registered op's backward with fake tensors: torch ops only.)
+    stack_plan = _one_call_plan(prep, weights, x, h0, c0) if grads.plain_eager(x) else None
+    if stack_plan is None or not backward_in_one_call(T, B, D, H, I, num_layers):
+        return _backward_per_layer(prep, x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, needs)
+    buf = _ext.buf
+    G = 4 * H
+    dh0, dc0 = empty(*h0.shape, like=x), empty(*c0.shape, like=x)
+    dx = empty(T, B, I, like=x) if need_x else None
+    dweights: list = [None] * len(weights)
+    layer_weights, layer_saved, layer_grads = [], [], []
+    n = (4 if has_bias else 2) * D
+    for layer in range(num_layers):
+        w_ih, _, w_hh, _ = prep.layer(weights, layer)
+        layer_weights.append((buf(w_ih), _ext.NO_BUF, stack_plan[layer][2], stack_plan[layer][3]))
+        y = y_top if layer == num_layers - 1 else saved[2 * num_layers + layer]
+        layer_saved.append((buf(saved[2 * layer]), buf(saved[2 * layer + 1]), buf(y)))
+        if not need_w:
+            layer_grads.append((_ext.NO_BUF,) * 4)
+            continue
+        dw_ih, dw_hh = empty(D * G, w_ih.shape[1], like=x), empty(D, G, H, like=x)
+        db = (empty(D * G, like=x), empty(D * G, like=x)) if has_bias else (None, None)
+        layer_grads.append((buf(dw_ih), buf(dw_hh), buf(db[0]), buf(db[1])))
+        per = n // D
+        for d in range(D):
+            # Views of one buffer per layer; each parameter's region is its own.
+            i = layer * n + d * per
+            dweights[i], dweights[i + 1] = dw_ih[d * G : (d + 1) * G], dw_hh[d]
+            if has_bias:
+                dweights[i + 2], dweights[i + 3] = db[0][d * G : (d + 1) * G], db[1][d * G : (d + 1) * G]
+    dy = dy.contiguous() if dy is not None else x.new_zeros(T, B, D * H)
+    h_prev = workspace(T * B * D * H, x, "h_prev") if need_w and (lengths is not None or T < 2) else None
+    _ext._C.lstm_stack_train_bwd(
+        buf(x.contiguous()), buf(h0.contiguous()), buf(c0.contiguous()), buf(lengths), layer_weights, layer_saved,
+        layer_grads, buf(dy), buf(None if dhn is None else dhn.contiguous()),
+        buf(None if dcn is None else dcn.contiguous()), buf(dx), buf(dh0), buf(dc0),
+        buf(workspace(T * B * D * G, x, "dgates")),
+        buf(workspace(T * B * D * H, x, "d_out") if num_layers > 1 else None), buf(h_prev), T, B, I, D, H,
+        torch.get_num_threads())
+    del prep  # (held to here: it owns the plan's buffers)
+    return dx, dweights, dh0 if need_h else None, dc0 if need_c else None
+
+
+def _backward_per_layer(prep, x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, needs):
+    num_layers, D, has_bias, _ = config
+    need_x, need_w, need_h, need_c = needs
     eager = grads.plain_eager(x)
     n = (4 if has_bias else 2) * D
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[-1]
-    need_x, need_w, need_h, need_c = ctx.needs_input_grad[:4]
-    need_w = any(need_w) if isinstance(need_w, (list, tuple)) else need_w
     dweights: list = [None] * len(weights)
     dh0 = torch.empty_like(h0) if need_h else None
     dc0 = torch.empty_like(c0) if need_c else None
@@ -149,7 +301,4 @@ def _backward(ctx, dy, dhn, dcn, _dsaved):
                 dx = d_in
             else:
                 d_out = d_in.view(T, B, D, H)
-    return dx, dweights, dh0, dc0, None, None, None, None
-
-
-lstm_stack.register_autograd(_backward, setup_context=_setup_context)
+    return dx, dweights, dh0, dc0
