@@ -1,9 +1,9 @@
-// The fixed-order GEMM driver: cuts C into tiles and runs them on the pool.
+// The fixed-order GEMM driver: cuts C into tiles and runs them on the thread team (omp_team.h: the team the recurrence kernels run on, so the two never share the cores with each other's spinning threads).
 #include "fixed_order_gemm.h"
 
 #include <algorithm>
 
-#include "thread_pool.h"
+#include "omp_team.h"
 
 namespace fastlstm {
 namespace cpu {
@@ -46,7 +46,7 @@ void fixed_order_colsum(const FixedOrderGemmParams<T>& p, T* out, int threads) {
   if (p.N == 0) return;
   ColsumJob<T> job{&p, fixed_order_colsum_variant<T>(), out};
   const bool small = p.N * std::max<int64_t>(p.K, 1) < (int64_t{1} << 16);
-  parallel_tasks((p.N + kTileCols - 1) / kTileCols, small ? 1 : threads, &run_colsum<T>, &job);
+  team_tasks((p.N + kTileCols - 1) / kTileCols, small ? 1 : threads, &run_colsum<T>, &job);
 }
 
 template <typename T>
@@ -57,7 +57,7 @@ void fixed_order_gemm(const FixedOrderGemmParams<T>& p, int threads) {
   GemmJob<T> job{&p, fixed_order_gemm_variant<T>(), col_tiles};
   // Small products are not worth waking the pool for.
   const bool small = p.M * p.N * std::max<int64_t>(p.K, 1) < (int64_t{1} << 16);
-  parallel_tasks(row_tiles * col_tiles, small ? 1 : threads, &run_tile<T>, &job);
+  team_tasks(row_tiles * col_tiles, small ? 1 : threads, &run_tile<T>, &job);
 }
 
 template void fixed_order_gemm<float>(const FixedOrderGemmParams<float>&, int);

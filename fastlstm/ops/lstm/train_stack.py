@@ -32,8 +32,9 @@ from fastlstm.ops.lstm.recurrence import project, recurrence, reverse_recurrence
 # Above this many multiply-adds in the backward's weight-gradient GEMMs
 # (T*B * 4H * (I + H) per layer and direction), torch's GEMM (MKL) beats the
 # fixed-order one by more than the one-call backward saves; measured on the
-# Intel Xeon (docs/notes/2026-12-06-one-call-training.md).
-ONE_CALL_MAX_MACS = 16 << 20
+# Intel Xeon at 2 threads: 1.25x faster at 57M, even at 236M, 0.85x at 900M+
+# (docs/notes/2026-12-06-one-call-training.md).
+ONE_CALL_MAX_MACS = 1 << 28
 
 
 def backward_in_one_call(T: int, B: int, D: int, H: int, I: int, num_layers: int) -> bool:
