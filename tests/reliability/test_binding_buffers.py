@@ -117,6 +117,9 @@ def _run_public_api():
     with torch.no_grad():
         lstm(x)
         fastlstm.LSTM(6, 8, proj_size=4)(x)
+    # A projected stack trains through the per-layer recurrence ops.
+    projected = fastlstm.LSTM(6, 8, proj_size=4, num_layers=2)
+    projected(x)[0].sum().backward()
     q = k = v = torch.randn(1, 2, 7, 4, requires_grad=True)
     fastlstm.ops.sparse_attention(q, k, v, window=(2, 1))[0].sum().backward()
     torch.ops.fastlstm.sparse_attention_banded(q.detach(), k.detach(), v.detach(), 2, 1, 0.5, None)
@@ -180,6 +183,7 @@ def _buffer_slots(args, kwargs):
 EXPECTED_ENTRIES = {
     "lstm_recurrence_fwd", "lstm_recurrence_bwd", "sparse_attention_fwd", "sparse_attention_bwd",
     "attention_dropout_mask", "dropout", "int8_lstm_fwd", "int8_linear", "int8_pack_weights", "int8_matmul_s32",
+    "lstm_stack_train_fwd", "lstm_stack_train_bwd",
 }
 
 

@@ -70,9 +70,9 @@ def _check(x, weights, h0, c0, lengths, num_layers, bidirectional, has_bias):
 
 
 def forward(x, weights, h0, c0, lengths, num_layers: int, D: int, has_bias: bool):
-    """The stack's forward (arguments checked): (y (T, B, D*H), h_n, c_n, saved),
-    ``saved`` every layer's gate activations (T, B, D, 4H) and cell states (T, B, D, H),
-    then the outputs (T, B, D, H) of every layer but the last."""
+    """The stack's forward (arguments checked): (y (T, B, D*H), h_n, c_n, saved,
+    prepared weights), ``saved`` every layer's gate activations (T, B, D, 4H) and
+    cell states (T, B, D, H), then the outputs (T, B, D, H) of every layer but the last."""
     prep = prepared_weights(weights, num_layers, D, has_bias, 0)
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[-1]
@@ -102,9 +102,8 @@ def forward(x, weights, h0, c0, lengths, num_layers: int, D: int, has_bias: bool
                 gx.view(T, B, D, 4 * H), w_hh, None, h0[states], c0[states], lengths, True, packed_hh)
             outputs[layer] = y
             layer_in = y.view(T, B, D * H)
-    del prep  # (held to here: it owns the plan's buffers)
     saved = [t for pair in zip(gates, cells) for t in pair] + outputs[:-1]
-    return outputs[-1].view(T, B, D * H), hn, cn, saved
+    return outputs[-1].view(T, B, D * H), hn, cn, saved, prep
 
 
 def _one_call_plan(prep, weights, x, h0, c0):
@@ -125,7 +124,7 @@ def lstm_stack(
     (T, B, D, 4H) and cell states (T, B, D, H), then the outputs (T, B, D, H) of
     every layer but the last."""
     D, _ = _check(x, weights, h0, c0, lengths, num_layers, bidirectional, has_bias)
-    return forward(x, weights, h0, c0, lengths, num_layers, D, has_bias)
+    return forward(x, weights, h0, c0, lengths, num_layers, D, has_bias)[:4]
 
 
 @lstm_stack.register_fake
@@ -178,7 +177,7 @@ class LstmStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, lengths, num_layers, bidirectional, has_bias, *weights):
         D = 2 if bidirectional else 1
-        y, hn, cn, saved = forward(x, weights, h0, c0, lengths, num_layers, D, has_bias)
+        y, hn, cn, saved, ctx.prep = forward(x, weights, h0, c0, lengths, num_layers, D, has_bias)
         ctx.save_for_backward(x, h0, c0, lengths, y, *saved, *weights)
         ctx.config = (num_layers, D, has_bias, len(saved))
         ctx.set_materialize_grads(False)
@@ -196,8 +195,10 @@ class LstmStack(torch.autograd.Function):
             ctx_like = _OpNeeds((needs[0], needs[7:], needs[1], needs[2]), ctx.config)
             dx, dweights, dh0, dc0 = stack_grads(ctx_like, x, weights, h0, c0, lengths, dy, dhn, dcn)[:4]
         else:
+            # (ctx.prep: the forward's prepared weights; autograd has checked that
+            # the saved weights did not change since.)
             dx, dweights, dh0, dc0 = backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, ctx.config,
-                                              (needs[0], any(needs[7:]), needs[1], needs[2]))
+                                              (needs[0], any(needs[7:]), needs[1], needs[2]), ctx.prep)
         return (dx, dh0, dc0, None, None, None, None, *dweights)
 
 
@@ -208,14 +209,15 @@ class _OpNeeds:
         self.needs_input_grad, self.config = needs_input_grad, config
 
 
-def backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, needs):
+def backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, needs, prep=None):
     """(dx, d weights (None where not wanted), dh0, dc0) of the stack; ``needs``:
-    the (x, any weight, h0, c0) flags."""
+    the (x, any weight, h0, c0) flags; ``prep``: the prepared weights (looked up when None)."""
     num_layers, D, has_bias, _ = config
     need_x, need_w, need_h, need_c = needs
     T, B, I = x.shape
     H = h0.shape[-1]
-    prep = prepared_weights(weights, num_layers, D, has_bias, 0)
+    if prep is None:
+        prep = prepared_weights(weights, num_layers, D, has_bias, 0)
     # (A compiler traces the registered op's backward with fake tensors: torch ops only.)
     stack_plan = _one_call_plan(prep, weights, x, h0, c0) if grads.plain_eager(x) else None
     if stack_plan is None or not backward_in_one_call(T, B, D, H, I, num_layers):
@@ -224,27 +226,14 @@ def backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, ne
     G = 4 * H
     dh0, dc0 = empty(*h0.shape, like=x), empty(*c0.shape, like=x)
     dx = empty(T, B, I, like=x) if need_x else None
-    dweights: list = [None] * len(weights)
-    layer_weights, layer_saved, layer_grads = [], [], []
-    n = (4 if has_bias else 2) * D
+    layer_weights, layer_saved = [], []
     for layer in range(num_layers):
-        w_ih, _, w_hh, _ = prep.layer(weights, layer)
+        w_ih = prep.layer(weights, layer)[0]
         layer_weights.append((buf(w_ih), _ext.NO_BUF, stack_plan[layer][2], stack_plan[layer][3]))
         y = y_top if layer == num_layers - 1 else saved[2 * num_layers + layer]
         layer_saved.append((buf(saved[2 * layer]), buf(saved[2 * layer + 1]), buf(y)))
-        if not need_w:
-            layer_grads.append((_ext.NO_BUF,) * 4)
-            continue
-        dw_ih, dw_hh = empty(D * G, w_ih.shape[1], like=x), empty(D, G, H, like=x)
-        db = (empty(D * G, like=x), empty(D * G, like=x)) if has_bias else (None, None)
-        layer_grads.append((buf(dw_ih), buf(dw_hh), buf(db[0]), buf(db[1])))
-        per = n // D
-        for d in range(D):
-            # Views of one buffer per layer; each parameter's region is its own.
-            i = layer * n + d * per
-            dweights[i], dweights[i + 1] = dw_ih[d * G : (d + 1) * G], dw_hh[d]
-            if has_bias:
-                dweights[i + 2], dweights[i + 3] = db[0][d * G : (d + 1) * G], db[1][d * G : (d + 1) * G]
+    dweights, layer_grads = _weight_grads_buffers(weights, num_layers, D, has_bias, x) if need_w else (
+        [None] * len(weights), [(_ext.NO_BUF,) * 4] * num_layers)
     dy = dy.contiguous() if dy is not None else x.new_zeros(T, B, D * H)
     h_prev = workspace(T * B * D * H, x, "h_prev") if need_w and (lengths is not None or T < 2) else None
     _ext._C.lstm_stack_train_bwd(
@@ -256,6 +245,34 @@ def backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, ne
         torch.get_num_threads())
     del prep  # (held to here: it owns the plan's buffers)
     return dx, dweights, dh0 if need_h else None, dc0 if need_c else None
+
+
+def _weight_grads_buffers(weights, num_layers: int, D: int, has_bias: bool, like: Tensor):
+    """The parameters' gradients as views of one buffer (each parameter's region
+    its own), and per layer the (dw_ih, dw_hh, db_ih, db_hh) buffers the kernel
+    writes: each direction's parameter is a contiguous slice of them."""
+    n = (4 if has_bias else 2) * D
+    per = n // D
+    # Per layer: w_ih of each direction, then w_hh of each, then b_ih, then b_hh.
+    sizes = [weights[layer * n + d * per + k].numel() for layer in range(num_layers) for k in range(per)
+             for d in range(D)]
+    flat = empty(sum(sizes), like=like)
+    parts = flat.split(sizes)
+    dweights: list = [None] * len(weights)
+    layer_grads = []
+    address, item, offset = flat.data_ptr(), flat.element_size(), 0
+    for layer in range(num_layers):
+        block = []
+        for k in range(per):
+            numel = sum(sizes[layer * n + k * D : layer * n + (k + 1) * D])
+            block.append((address + offset * item, numel, item, flat))
+            offset += numel
+        layer_grads.append(tuple(block) + ((_ext.NO_BUF,) * 2 if not has_bias else ()))
+        for j in range(n):
+            k, d = divmod(j, D)
+            i = layer * n + d * per + k
+            dweights[i] = parts[layer * n + j].view(weights[i].shape)
+    return dweights, layer_grads
 
 
 def _backward_per_layer(prep, x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, needs):
