@@ -1,13 +1,15 @@
 // A training stack in one call each way (LstmStackTrainParams). The forward
-// runs the same projection and recurrence kernels as the per-layer ops, and
-// the backward's reductions are the same fixed-order GEMM calls as the
-// per-layer backward under torch.use_deterministic_algorithms
-// (fastlstm/ops/lstm/grads.py), in the same order, so either route gives the
-// same bits.
+// runs the same projection and recurrence kernels as the per-layer ops. The
+// backward's GEMMs are those of the per-layer backward
+// (fastlstm/ops/lstm/grads.py), in the same order: with fixed_order
+// (torch.use_deterministic_algorithms) the same fixed-order GEMM calls, so
+// either route gives the same bits; otherwise the process's sgemm, the BLAS
+// torch.mm calls there.
 #include <cstring>
 
 #include "fixed_order_gemm.h"
 #include "lstm_recurrence.h"
+#include "process_blas.h"
 
 namespace fastlstm {
 namespace cpu {
@@ -15,8 +17,10 @@ namespace cpu {
 namespace {
 
 // C (M, N) [+]= A · B with A(m, k) = a[m * a_ms + k * a_ks], B(k, n) = b[k * ldb + n].
-void gemm(const float* a, int64_t a_ms, int64_t a_ks, const float* b, int64_t ldb, float* c, int64_t ldc,
-          int64_t M, int64_t N, int64_t K, bool accumulate, int threads) {
+void gemm(const LstmStackTrainParams& p, const float* a, int64_t a_ms, int64_t a_ks, const float* b, int64_t ldb,
+          float* c, int64_t ldc, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  if (!p.fixed_order && process_sgemm(a, a_ms, a_ks, b, ldb, c, ldc, M, N, K, accumulate)) return;
+  const int threads = p.num_threads;
   FixedOrderGemmParams<float> g;
   g.a = a, g.a_ms = a_ms, g.a_ks = a_ks, g.b = b, g.ldb = ldb, g.c = c, g.ldc = ldc;
   g.M = M, g.N = N, g.K = K, g.accumulate = accumulate;
@@ -46,27 +50,26 @@ void previous_hidden(const LstmStackTrainParams& p, const float* y, const float*
 void weight_grads(const LstmStackTrainParams& p, const LstmStackTrainLayer& layer, const float* layer_in,
                   int64_t input, const float* h0) {
   const int64_t T = p.seq_len, B = p.batch, D = p.directions, H = p.hidden, G = 4 * H, N = T * B;
-  const int threads = p.num_threads;
   const float* dg = p.dgates;
-  gemm(dg, 1, D * G, layer_in, input, layer.dw_ih, input, D * G, input, N, false, threads);
+  gemm(p, dg, 1, D * G, layer_in, input, layer.dw_ih, input, D * G, input, N, false);
   if (layer.db_ih) {
     FixedOrderGemmParams<float> s;
     s.b = dg, s.ldb = D * G, s.N = D * G, s.K = N;
-    fixed_order_colsum(s, layer.db_ih, threads);
+    fixed_order_colsum(s, layer.db_ih, p.num_threads);
     std::memcpy(layer.db_hh, layer.db_ih, sizeof(float) * D * G);
   }
   for (int64_t d = 0; d < D; ++d) {
     float* dw = layer.dw_hh + d * G * H;
     if (p.lengths || T < 2) {
-      gemm(dg + d * G, 1, D * G, p.h_prev + d * H, D * H, dw, H, G, H, N, false, threads);
+      gemm(p, dg + d * G, 1, D * G, p.h_prev + d * H, D * H, dw, H, G, H, N, false);
       continue;
     }
     // Full-length sequences: h0 at the first step, then y shifted by one step.
     const int64_t first = d == 0 ? 0 : T - 1;
-    gemm(dg + first * B * D * G + d * G, 1, D * G, h0 + d * B * H, H, dw, H, G, H, B, false, threads);
+    gemm(p, dg + first * B * D * G + d * G, 1, D * G, h0 + d * B * H, H, dw, H, G, H, B, false);
     const float* dg_rest = dg + (d == 0 ? B * D * G : 0) + d * G;
     const float* y_prev = layer.y + (d == 0 ? 0 : B * D * H) + d * H;
-    gemm(dg_rest, 1, D * G, y_prev, D * H, dw, H, G, H, (T - 1) * B, true, threads);
+    gemm(p, dg_rest, 1, D * G, y_prev, D * H, dw, H, G, H, (T - 1) * B, true);
   }
 }
 
@@ -117,7 +120,7 @@ void lstm_stack_train_bwd(const LstmStackTrainParams& p) {
     // The layer input's gradient: dgates (T*B, D*4H) · w_ih (D*4H, input). It
     // overwrites d_out, which the reverse recurrence above has finished reading.
     float* d_in = l == 0 ? p.dx : p.d_out;
-    if (d_in) gemm(p.dgates, D * G, 1, layer.w_ih, input, d_in, input, T * B, input, D * G, false, p.num_threads);
+    if (d_in) gemm(p, p.dgates, D * G, 1, layer.w_ih, input, d_in, input, T * B, input, D * G, false);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../cpu/lstm_recurrence.h"
+#include "../cpu/process_blas.h"
 #include "checks.h"
 
 namespace fastlstm {
@@ -97,7 +98,7 @@ void train_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
 void train_bwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, const Layers& weights,
                const Saved& saved, const Layers& grads, const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& dx,
                const Buf& dh0, const Buf& dc0, const Buf& dgates, const Buf& d_out, const Buf& h_prev, int64_t T,
-               int64_t B, int64_t I, int64_t D, int64_t H, int num_threads) {
+               int64_t B, int64_t I, int64_t D, int64_t H, int num_threads, bool fixed_order) {
   const char* fn = "lstm_stack_train_bwd";
   const Sizes s{T, B, I, D, H};
   LstmStackTrainParams p;
@@ -136,6 +137,7 @@ void train_bwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
   }
   p.h_prev = checked_ptr<float>(h_prev, checked_mul({T, B, D, H}, fn, "h_prev"), any_grads && (p.lengths || T < 2),
                                 fn, "h_prev");
+  p.fixed_order = fixed_order;
   p.layers = layers.data();
   py::gil_scoped_release release;
   cpu::lstm_stack_train_bwd(p);
@@ -155,11 +157,16 @@ void bind_lstm_train(py::module_& m) {
         "The backward of lstm_stack_train_fwd in one call. weights: per layer (w_ih (D*4H, input), unused, "
         "w_hh, w_hh packed); saved: the forward's; grads: per layer (dw_ih, dw_hh, db_ih, db_hh), written, "
         "each absent when not wanted; dx absent when not wanted; dgates (T*B, D*4H), d_out (T, B, D*H) "
-        "(layers > 1) and h_prev (T, B, D, H) (with lengths or T == 1) are workspaces.",
+        "(layers > 1) and h_prev (T, B, D, H) (with lengths or T == 1) are workspaces. fixed_order: every "
+        "GEMM in fastlstm's fixed order (else the process's sgemm when it has one: torch's BLAS).",
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("weights"), py::arg("saved"),
         py::arg("grads"), py::arg("dy"), py::arg("dhn"), py::arg("dcn"), py::arg("dx"), py::arg("dh0"),
         py::arg("dc0"), py::arg("dgates"), py::arg("d_out"), py::arg("h_prev"), py::arg("seq_len"), py::arg("batch"),
-        py::arg("input"), py::arg("directions"), py::arg("hidden"), py::arg("num_threads") = 1);
+        py::arg("input"), py::arg("directions"), py::arg("hidden"), py::arg("num_threads") = 1,
+        py::arg("fixed_order") = true);
+  m.def("has_process_sgemm", &cpu::has_process_sgemm,
+        "Whether the process has a BLAS sgemm the training backward uses outside deterministic mode "
+        "(torch's, once torch is imported).");
 }
 
 }  // namespace binding

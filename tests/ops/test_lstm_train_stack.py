@@ -106,21 +106,39 @@ def test_one_call_backward_has_the_bits_of_the_per_layer_backward_in_determinist
 
 
 @needs_simd
-def test_one_call_backward_has_the_same_bits_for_any_thread_count():
+def test_one_call_backward_has_the_same_bits_for_any_thread_count_in_deterministic_mode():
     case = dict(CASES["bi-2"], T=40, B=16, H=64)
     _, module = _modules(case)
     x, h0, c0, w = _inputs(case)
-    threads = torch.get_num_threads()
+    threads, mode = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     results = []
+    torch.use_deterministic_algorithms(True)
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             results.append(_grads(module, case, x, h0, c0, w))
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(mode)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+@needs_simd
+def test_the_backward_uses_torchs_blas_and_matches_the_fixed_order():
+    assert _ext._C.has_process_sgemm()  # torch is imported: its sgemm_ is found
+    case = CASES["bi-lengths"]
+    _, module = _modules(case)
+    x, h0, c0, w = _inputs(case)
+    blas = _grads(module, case, x, h0, c0, w)
+    torch.use_deterministic_algorithms(True)
+    try:
+        fixed = _grads(module, case, x, h0, c0, w)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(blas, fixed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @needs_simd

@@ -117,10 +117,10 @@ struct LstmStackTrainLayer {
 // A whole training stack (fp32, SIMD kernels, no projection, no dropout
 // between layers): lstm_stack_train_fwd runs every layer's projection and
 // recurrence saving what the backward reads; lstm_stack_train_bwd runs, top
-// layer down, the reverse recurrence, the weight and bias gradients (the
-// fixed-order GEMM: the same bits for any thread count) and the gradient of
-// the layer's input. One call each way instead of a dozen small torch ops
-// per layer.
+// layer down, the reverse recurrence, the weight and bias gradients and the
+// gradient of the layer's input (on the fixed-order GEMM when fixed_order or
+// when the process has no BLAS, else on the process's sgemm, as torch.mm).
+// One call each way instead of a dozen small torch ops per layer.
 struct LstmStackTrainParams {
   const float* x = nullptr;          // (T, B, I)
   const float* h0 = nullptr;         // (L * D, B, H)
@@ -142,6 +142,7 @@ struct LstmStackTrainParams {
   float* dgates = nullptr;     // (T * B, D * 4H) workspace
   float* d_out = nullptr;      // (T, B, D * H) workspace: a lower layer's output gradient (L > 1)
   float* h_prev = nullptr;     // (T, B, D, H) workspace: the state each step read (with lengths)
+  bool fixed_order = false;    // every reduction in fixed order: the same bits for any thread count
   int64_t seq_len = 0, batch = 0, directions = 1, hidden = 0;
   int num_threads = 1;
 };

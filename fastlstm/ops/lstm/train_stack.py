@@ -6,10 +6,10 @@ and its Python glue in forward and again in backward; at small sizes (B = 1,
 T = 24, H = 64) that glue is most of a training step. This op runs every layer
 on the prepared weights and does the whole backward in one node. fp32 on a
 SIMD CPU level runs each way as one ``_C`` call (``lstm_stack_train_fwd`` /
-``_bwd``: per layer, top down, the fused reverse recurrence, the weight
-gradients on the fixed-order GEMM and the layer input's gradient); otherwise,
-and for backwards large enough that torch's GEMMs win
-(:func:`backward_in_one_call`), per layer in Python with the same kernels.
+``_bwd``: per layer, top down, the fused reverse recurrence, then the weight
+gradients and the layer input's gradient on torch's own sgemm, or on the
+fixed-order GEMM under ``torch.use_deterministic_algorithms(True)``); otherwise
+(:func:`backward_in_one_call`) per layer in Python with the same kernels.
 No projection, no dropout between layers (those take the per-layer ops).
 
 Eager calls from :func:`fastlstm.ops.lstm` take :class:`LstmStack`, an
@@ -29,22 +29,24 @@ from fastlstm.ops.lstm import _checks, grads
 from fastlstm.ops.lstm.prepared import prepared_weights, workspace
 from fastlstm.ops.lstm.recurrence import project, recurrence, reverse_recurrence
 
-# Above this many multiply-adds in the backward's weight-gradient GEMMs
-# (T*B * 4H * (I + H) per layer and direction), torch's GEMM (MKL) beats the
-# fixed-order one by more than the one-call backward saves; measured on the
-# Intel Xeon at 2 threads: 1.25x faster at 57M, even at 236M, 0.85x at 900M+
-# (docs/notes/2026-12-06-one-call-training.md).
-ONE_CALL_MAX_MACS = 1 << 28
+# Without a process BLAS (no torch sgemm found), above this many multiply-adds
+# in the backward's weight-gradient GEMMs (T*B * 4H * (I + H) per layer and
+# direction) torch's GEMM beats the fixed-order one by more than the one-call
+# backward saves: on the Intel Xeon at 2 threads the one call was 1.25x faster
+# at 57M, even at 236M, 0.85x at 900M+ (docs/notes/2026-12-06-one-call-training.md).
+FIXED_ORDER_MAX_MACS = 1 << 28
 
 
 def backward_in_one_call(T: int, B: int, D: int, H: int, I: int, num_layers: int) -> bool:
     """Whether the backward runs as one ``_C`` call (the one place this is decided):
-    always under ``torch.use_deterministic_algorithms(True)`` (both routes then
-    use the fixed-order GEMM, with the same bits), else for small sizes."""
-    if torch.are_deterministic_algorithms_enabled():
+    under ``torch.use_deterministic_algorithms(True)`` (both routes then use the
+    fixed-order GEMM, with the same bits), when the call can use torch's BLAS
+    (``_C.has_process_sgemm``), else for small sizes."""
+    if torch.are_deterministic_algorithms_enabled() or _ext._C.has_process_sgemm():
         return True
     macs = T * B * 4 * H * (I + H + (num_layers - 1) * (D * H + H)) * D
-    return macs <= ONE_CALL_MAX_MACS
+    return macs <= FIXED_ORDER_MAX_MACS
+
 
 def _per_layer(weights, num_layers: int, D: int, has_bias: bool) -> int:
     n = (4 if has_bias else 2) * D
@@ -242,7 +244,7 @@ def backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, ne
         buf(None if dcn is None else dcn.contiguous()), buf(dx), buf(dh0), buf(dc0),
         buf(workspace(T * B * D * G, x, "dgates")),
         buf(workspace(T * B * D * H, x, "d_out") if num_layers > 1 else None), buf(h_prev), T, B, I, D, H,
-        torch.get_num_threads())
+        torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     del prep  # (held to here: it owns the plan's buffers)
     return dx, dweights, dh0 if need_h else None, dc0 if need_c else None
 
