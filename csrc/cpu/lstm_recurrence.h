@@ -58,6 +58,9 @@ bool lstm_stack_uses_wavefront(const LstmStackFwdParams& p);
 // needs a SIMD level, as lstm_input_projection).
 void lstm_stack_train_fwd(const LstmStackTrainParams& p);
 void lstm_stack_train_bwd(const LstmStackTrainParams& p);
+// Rewrites one layer's prepared forms from its parameters (LstmPrepareLayerParams;
+// needs a SIMD level).
+void lstm_prepare_layer(const LstmPrepareLayerParams& p);
 
 #define FASTLSTM_DECLARE_RECURRENCE_VARIANT(isa)                                     \
   void lstm_recurrence_fwd_##isa(const LstmRecurrenceFwdParams<float>& p, float* scratch);   \

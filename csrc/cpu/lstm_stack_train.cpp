@@ -124,5 +124,19 @@ void lstm_stack_train_bwd(const LstmStackTrainParams& p) {
   }
 }
 
+void lstm_prepare_layer(const LstmPrepareLayerParams& p) {
+  const int64_t D = p.directions, G = 4 * p.hidden, H = p.hidden, I = p.input;
+  for (int64_t d = 0; d < D; ++d) {
+    if (p.w_ih_cat + d * G * I != p.w_ih[d]) std::memcpy(p.w_ih_cat + d * G * I, p.w_ih[d], sizeof(float) * G * I);
+    if (p.w_hh_stack + d * G * H != p.w_hh[d])
+      std::memcpy(p.w_hh_stack + d * G * H, p.w_hh[d], sizeof(float) * G * H);
+    if (p.bias)
+      for (int64_t g = 0; g < G; ++g) p.bias[d * G + g] = p.b_ih[d][g] + p.b_hh[d][g];
+  }
+  const int width = lstm_packed_vector_width(false);
+  lstm_pack_weights(p.w_ih_cat, p.w_ih_packed, D, H, I, width, true);
+  lstm_pack_weights(p.w_hh_stack, p.w_hh_packed, D, H, H, width, false);
+}
+
 }  // namespace cpu
 }  // namespace fastlstm

@@ -143,9 +143,55 @@ void train_bwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
   cpu::lstm_stack_train_bwd(p);
 }
 
+void prepare_stack(const std::vector<std::vector<Buf>>& params, const std::vector<std::array<Buf, 5>>& outputs,
+                   int64_t I, int64_t D, int64_t H, bool has_bias) {
+  const char* fn = "lstm_prepare_stack";
+  if (I < 1 || H < 1 || (D != 1 && D != 2))
+    throw py::value_error(std::string(fn) + ": needs input, hidden >= 1 and 1 or 2 directions");
+  if (params.empty() || params.size() != outputs.size())
+    throw py::value_error(std::string(fn) + ": params and outputs must have one entry per layer");
+  if (cpu::lstm_packed_vector_width(false) == 0)
+    throw py::value_error(std::string(fn) + ": needs an AVX2 or AVX-512 CPU kernel");
+  const int64_t G = checked_mul({4, H}, fn, "gates"), per = has_bias ? 4 : 2;
+  std::vector<LstmPrepareLayerParams> layers(params.size());
+  for (size_t l = 0; l < params.size(); ++l) {
+    const std::string name = "layer " + std::to_string(l) + " ";
+    const int64_t in = l == 0 ? I : D * H;
+    if (static_cast<int64_t>(params[l].size()) != per * D)
+      throw py::value_error(std::string(fn) + ": " + name + "needs " + std::to_string(per * D) + " parameters");
+    LstmPrepareLayerParams& q = layers[l];
+    for (int64_t d = 0; d < D; ++d) {
+      const Buf* w = params[l].data() + d * per;
+      q.w_ih[d] = checked_ptr<const float>(w[0], checked_mul({G, in}, fn, "w_ih"), true, fn, (name + "w_ih").c_str());
+      q.w_hh[d] = checked_ptr<const float>(w[1], checked_mul({G, H}, fn, "w_hh"), true, fn, (name + "w_hh").c_str());
+      if (has_bias) {
+        q.b_ih[d] = checked_ptr<const float>(w[2], G, true, fn, (name + "b_ih").c_str());
+        q.b_hh[d] = checked_ptr<const float>(w[3], G, true, fn, (name + "b_hh").c_str());
+      }
+    }
+    const auto& o = outputs[l];
+    q.w_ih_cat = checked_ptr<float>(o[0], checked_mul({D, G, in}, fn, "w_ih_cat"), true, fn, (name + "w_ih_cat").c_str());
+    q.bias = checked_ptr<float>(o[1], checked_mul({D, G}, fn, "bias"), has_bias, fn, (name + "bias").c_str());
+    q.w_hh_stack = checked_ptr<float>(o[2], checked_mul({D, G, H}, fn, "w_hh"), true, fn, (name + "w_hh").c_str());
+    q.w_ih_packed = checked_ptr<float>(o[3], packed_size(false, D, H, in, true, fn), true, fn,
+                                       (name + "w_ih_packed").c_str());
+    q.w_hh_packed = checked_ptr<float>(o[4], packed_size(false, D, H, H, false, fn), true, fn,
+                                       (name + "w_hh_packed").c_str());
+    q.directions = D, q.hidden = H, q.input = in;
+  }
+  py::gil_scoped_release release;
+  for (const auto& q : layers) cpu::lstm_prepare_layer(q);
+}
+
 }  // namespace
 
 void bind_lstm_train(py::module_& m) {
+  m.def("lstm_prepare_stack", &prepare_stack,
+        "Rewrites the prepared forms of a stack's fp32 parameters in place (no projection): per layer "
+        "params are the nn.LSTM parameters of each direction (w_ih, w_hh[, b_ih, b_hh]) and outputs the "
+        "(w_ih concatenated, fused bias, w_hh stacked, w_ih packed, w_hh packed) buffers.",
+        py::arg("params"), py::arg("outputs"), py::arg("input"), py::arg("directions"), py::arg("hidden"),
+        py::arg("has_bias"));
   m.def("lstm_stack_train_fwd", &train_fwd,
         "fp32 training forward through a stack of layers in one call (no projection, SIMD kernels). "
         "weights: per layer (w_ih packed, bias, w_hh, w_hh packed), as lstm_stack_fwd takes; saved: per "

@@ -193,3 +193,31 @@ def test_the_backward_binding_refuses_lengths_outside_the_sequence():
     args[7] = _ext.buf(torch.zeros(5))  # dy of the wrong size
     with pytest.raises(ValueError, match="lstm_stack_train_bwd: dy has 5 elements"):
         real.lstm_stack_train_bwd(*args)
+
+
+@needs_simd
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_an_optimizer_step_rewrites_the_prepared_stack_in_place(bidirectional, bias):
+    prepared = importlib.import_module("fastlstm.ops.lstm.prepared")
+    case = dict(CASES["bi-2"], bi=bidirectional, bias=bias)
+    peer, module = _modules(case)
+    x = torch.randn(6, 3, 5)
+    weights = list(module._flat_weights)
+    D = 2 if bidirectional else 1
+    module(x)[0].sum().backward()
+    prep = prepared.prepared_weights(weights, 2, D, bias, 0)
+    before = [t.data_ptr() for layer in range(2) for t in prep.layer(weights, layer) + prep.packed(weights, layer)
+              if t is not None]
+    opt = torch.optim.SGD(module.parameters(), lr=0.5)
+    opt.step()
+    peer.load_state_dict(module.state_dict())
+    torch.manual_seed(3)
+    inputs = _inputs(case)
+    torch.testing.assert_close(_grads(module, case, *inputs), _grads(peer, case, *inputs), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x)[0], peer(x)[0], rtol=1e-5, atol=1e-6)
+    after = prepared.prepared_weights(weights, 2, D, bias, 0)
+    assert after is prep
+    assert [t.data_ptr() for layer in range(2) for t in after.layer(weights, layer) + after.packed(weights, layer)
+            if t is not None] == before

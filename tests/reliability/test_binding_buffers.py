@@ -115,6 +115,7 @@ def _run_public_api():
     lstm = fastlstm.LSTM(6, 8, num_layers=2, bidirectional=True)
     lstm(x)[0].sum().backward()
     with torch.no_grad():
+        lstm.weight_hh_l1.mul_(0.5)  # an optimizer-like edit: the prepared stack is rewritten in place
         lstm(x)
         fastlstm.LSTM(6, 8, proj_size=4)(x)
     # A projected stack trains through the per-layer recurrence ops.
@@ -183,7 +184,7 @@ def _buffer_slots(args, kwargs):
 EXPECTED_ENTRIES = {
     "lstm_recurrence_fwd", "lstm_recurrence_bwd", "sparse_attention_fwd", "sparse_attention_bwd",
     "attention_dropout_mask", "dropout", "int8_lstm_fwd", "int8_linear", "int8_pack_weights", "int8_matmul_s32",
-    "lstm_stack_train_fwd", "lstm_stack_train_bwd",
+    "lstm_stack_train_fwd", "lstm_stack_train_bwd", "lstm_prepare_stack",
 }
 
 

@@ -147,4 +147,21 @@ struct LstmStackTrainParams {
   int num_threads = 1;
 };
 
+// The prepared forms of one layer's fp32 parameters (no projection), written
+// in place when an optimizer step changed the parameters: the concatenated
+// input weights, the fused bias, the stacked recurrent weights and both packed
+// layouts (lstm_pack_weights).
+struct LstmPrepareLayerParams {
+  const float* w_ih[2] = {nullptr, nullptr};  // per direction (4H, input)
+  const float* w_hh[2] = {nullptr, nullptr};  // per direction (4H, H)
+  const float* b_ih[2] = {nullptr, nullptr};  // per direction (4H), null without bias
+  const float* b_hh[2] = {nullptr, nullptr};
+  float* w_ih_cat = nullptr;     // (D * 4H, input) (may be w_ih[0] itself when D == 1)
+  float* bias = nullptr;         // (D * 4H) b_ih + b_hh, null without bias
+  float* w_hh_stack = nullptr;   // (D, 4H, H) (may be w_hh[0] itself when D == 1)
+  float* w_ih_packed = nullptr;  // lstm_pack_weights(w_ih_cat, forward_only)
+  float* w_hh_packed = nullptr;  // lstm_pack_weights(w_hh_stack)
+  int64_t directions = 1, hidden = 0, input = 0;
+};
+
 }  // namespace fastlstm

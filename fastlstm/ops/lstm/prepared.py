@@ -286,6 +286,35 @@ class PreparedWeights(_Entry):
 
         return self._field(("packed", layer), build)
 
+    def sync(self, tensors) -> None:
+        """As :meth:`_Entry.sync`; a built fp32 stack is rewritten in place by
+        one ``_C`` call (an optimizer step per training step: 4-5x cheaper
+        than rebuilding its fields one torch op at a time)."""
+        current = versions(tensors)
+        if current is not None and current == self.versions:
+            return
+        with self._lock:
+            if current is not None and current != self.versions and self._rewrite(tensors):
+                self.versions = current
+                return
+        super().sync(tensors)
+
+    def _rewrite(self, weights) -> bool:
+        plan = self._fields.get("stack_plan")
+        if plan is None or self.proj_size or any(type(w) not in (Tensor, nn.Parameter) or not w.is_contiguous()
+                                                 for w in weights):
+            return False
+        buf = _ext.buf
+        params, outputs = [], []
+        for layer in range(self.num_layers):
+            w_ih, bias, w_hh, _ = self._fields[("layer", layer)]
+            packed_ih, packed_hh = self._fields[("packed", layer)]
+            params.append([buf(w) for d in self.directions(weights, layer) for w in d])
+            outputs.append((buf(w_ih), buf(bias), buf(w_hh), buf(packed_ih), buf(packed_hh)))
+        H = weights[1].shape[0] // 4
+        _ext._C.lstm_prepare_stack(params, outputs, weights[0].shape[1], self.D, H, self.has_bias)
+        return True
+
     def stack_plan(self, weights) -> list | None:
         """Per layer ``(w_ih packed, bias, w_hh, w_hh packed)`` buffers for
         ``_C.lstm_stack_fwd`` (fp32, no projection), or None when the active
