@@ -23,6 +23,8 @@ def dropout_op(x: Tensor, p: float, seed: int) -> Tensor:
     """x / (1 - p) where element i (row-major) survives under ``seed``, else 0."""
     if x.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"fastlstm::dropout: x must be float32 or float64, got {x.dtype}")
+    if seed < 0:  # (the mask hash takes an unsigned 64-bit seed; the schema's int is int64)
+        raise ValueError(f"fastlstm::dropout: seed must be >= 0, got {seed}")
     x = x.contiguous()
     y = empty(*x.shape, like=x)
     _ext._C.dropout(_ext.dtype_name(x.dtype), _ext.buf(x), _ext.buf(y), x.numel(), p, seed, torch.get_num_threads())

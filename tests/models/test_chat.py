@@ -409,3 +409,30 @@ def test_training_reduces_losses():
     assert len(history.reconstruction) == 12 and not model.training
     assert np.mean(history.reconstruction[-5:]) < np.mean(history.reconstruction[:5])
     assert all(np.isfinite(history.contrastive))
+
+
+def test_memory_index_is_consistent_under_concurrent_adds_and_searches():
+    index = MemoryIndex(dim=8, top_k=3, threshold=-1.0)
+    rng = np.random.default_rng(0)
+    errors = []
+
+    def writer(w):
+        for i in range(200):
+            index.add(rng.standard_normal((1, 8)), [{"writer": w, "i": i}])
+
+    def reader():
+        try:
+            for _ in range(400):
+                for hit in index.search(np.ones(8)):
+                    assert hit.metadata and 0 <= hit.id < len(index)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(index) == 400 and len(index.vectors) == 400
+    assert sorted((m["writer"], m["i"]) for m in index.metadata) == [(w, i) for w in range(2) for i in range(200)]

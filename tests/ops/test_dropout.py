@@ -97,3 +97,9 @@ def test_binding_checks_sizes_and_p():
         _ext._C.dropout("float32", (0, 0), _ext.buf(x), 10, 0.5, 1)
     with pytest.raises(TypeError, match="float32 or float64"):
         drop.dropout_op(torch.ones(3, dtype=torch.int32), 0.5, 1)
+
+
+@needs_cpu
+def test_a_negative_seed_is_a_value_error():
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        torch.ops.fastlstm.dropout(torch.randn(8), 0.5, -1)

@@ -161,6 +161,9 @@ class MemoryIndex:
         self.dim, self.top_k, self.threshold = dim, top_k, threshold
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self.metadata: list[dict] = []
+        # add() replaces the vectors and extends the metadata together; searches
+        # and saves read the pair under the same lock (a chat service shares one index).
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.metadata)
@@ -188,10 +191,11 @@ class MemoryIndex:
         if len(metadata) != len(v):
             raise ValueError(f"{len(v)} vectors but {len(metadata)} metadata entries")
         json.dumps(metadata)  # fail now, not at save time
-        start = len(self)
-        self._vectors = np.concatenate([self._vectors, v])
-        self.metadata.extend(metadata)
-        return list(range(start, len(self)))
+        with self._lock:
+            start = len(self.metadata)
+            self._vectors = np.concatenate([self._vectors, v])
+            self.metadata.extend(metadata)
+            return list(range(start, len(self.metadata)))
 
     def search(self, query: np.ndarray, *, top_k: int | None = None, threshold: float | None = None) -> list[Hit]:
         """Hits for one query vector (dim,), best first."""
@@ -205,19 +209,23 @@ class MemoryIndex:
         k = self.top_k if top_k is None else top_k
         thr = self.threshold if threshold is None else threshold
         q = self._normalise(queries)
-        if len(self) == 0:
+        with self._lock:
+            vectors, metadata = self._vectors, self.metadata[:len(self._vectors)]
+        if len(vectors) == 0:
             return [[] for _ in range(len(q))]
-        scores = q @ self._vectors.T
+        scores = q @ vectors.T
         results = []
         for row in scores:
             # Stable sort on -score keeps lower ids first among equal scores.
             order = np.argsort(-row, kind="stable")[:k]
-            results.append([Hit(float(row[i]), int(i), self.metadata[i]) for i in order if row[i] >= thr])
+            results.append([Hit(float(row[i]), int(i), metadata[i]) for i in order if row[i] >= thr])
         return results
 
     def save(self, path: str | os.PathLike) -> None:
-        save_file({"vectors": self._vectors}, path, {
-            "metadata": json.dumps(self.metadata), "top_k": str(self.top_k), "threshold": repr(self.threshold)})
+        with self._lock:
+            vectors, metadata = self._vectors, json.dumps(self.metadata)
+        save_file({"vectors": vectors}, path, {
+            "metadata": metadata, "top_k": str(self.top_k), "threshold": repr(self.threshold)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MemoryIndex":

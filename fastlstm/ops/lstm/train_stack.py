@@ -88,7 +88,7 @@ def forward(x, weights, h0, c0, lengths, num_layers: int, D: int, has_bias: bool
         buf = _ext.buf
         saved = [(buf(g), buf(c), buf(y)) for g, c, y in zip(gates, cells, outputs)]
         _ext._C.lstm_stack_train_fwd(
-            buf(x.contiguous()), buf(h0.contiguous()), buf(c0.contiguous()), buf(lengths), stack_plan, saved,
+            buf(x.contiguous()), buf(h0.contiguous()), buf(c0.contiguous()), buf(_dense(lengths)), stack_plan, saved,
             buf(hn), buf(cn), buf(workspace(T * B * D * 4 * H, x)), T, B, x.shape[2], D, H,
             torch.get_num_threads())
     else:
@@ -106,6 +106,10 @@ def forward(x, weights, h0, c0, lengths, num_layers: int, D: int, has_bias: bool
             layer_in = y.view(T, B, D * H)
     saved = [t for pair in zip(gates, cells) for t in pair] + outputs[:-1]
     return outputs[-1].view(T, B, D * H), hn, cn, saved, prep
+
+
+def _dense(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
 
 
 def _one_call_plan(prep, weights, x, h0, c0):
@@ -239,9 +243,9 @@ def backward(x, weights, h0, c0, lengths, y_top, saved, dy, dhn, dcn, config, ne
     dy = dy.contiguous() if dy is not None else x.new_zeros(T, B, D * H)
     h_prev = workspace(T * B * D * H, x, "h_prev") if need_w and (lengths is not None or T < 2) else None
     _ext._C.lstm_stack_train_bwd(
-        buf(x.contiguous()), buf(h0.contiguous()), buf(c0.contiguous()), buf(lengths), layer_weights, layer_saved,
-        layer_grads, buf(dy), buf(None if dhn is None else dhn.contiguous()),
-        buf(None if dcn is None else dcn.contiguous()), buf(dx), buf(dh0), buf(dc0),
+        buf(x.contiguous()), buf(h0.contiguous()), buf(c0.contiguous()), buf(_dense(lengths)), layer_weights, layer_saved,
+        layer_grads, buf(dy), buf(_dense(dhn)),
+        buf(_dense(dcn)), buf(dx), buf(dh0), buf(dc0),
         buf(workspace(T * B * D * G, x, "dgates")),
         buf(workspace(T * B * D * H, x, "d_out") if num_layers > 1 else None), buf(h_prev), T, B, I, D, H,
         torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
