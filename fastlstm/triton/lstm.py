@@ -310,7 +310,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
-    from fastlstm.ops.lstm.grads import previous_hidden as _previous_hidden
+    from fastlstm.ops.lstm import grads  # (leaf module: the same dW_hh as the CPU backward)
 
     w_hh, h0, c0, lengths, y, gates, cells = ctx.saved_tensors
     if not ctx.saved_gates:
@@ -319,11 +319,7 @@ def _backward(ctx, dy, dhn, dcn, _dgates, _dcells):
     dhn = torch.zeros_like(h0) if dhn is None else dhn
     dcn = torch.zeros_like(c0) if dcn is None else dcn
     dgates, dh0, dc0 = torch.ops.fastlstm.triton_lstm_recurrence_backward(dy, dhn, dcn, w_hh, c0, gates, cells, lengths)
-    T, B, D, G = dgates.shape
-    hprev = _previous_hidden(y, h0, lengths)
-    # Weight gradient as one batched GEMM over all steps.
-    dw_hh = torch.bmm(dgates.permute(2, 3, 0, 1).reshape(D, G, T * B), hprev.permute(2, 0, 1, 3).reshape(D, T * B, -1))
-    return dgates, dw_hh, dh0, dc0, None, None
+    return dgates, grads.dw_hh(dgates, y, h0, lengths), dh0, dc0, None, None
 
 
 _recurrence_fwd.register_autograd(_backward, setup_context=_setup_context)

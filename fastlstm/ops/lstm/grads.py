@@ -7,8 +7,8 @@ under ``torch.use_deterministic_algorithms(True)`` every reduction runs in an
 order fastlstm fixes (:mod:`fastlstm.ops._fixed_order`), so the bits do not
 depend on the thread count, the CPU or the BLAS; otherwise they are torch's
 GEMMs, 1.5-2.5x faster than the fixed order at the S1-S5 shapes (a BLAS may
-then split a reduction by thread count). Leaf module: the Triton backend
-imports it too.
+then split a reduction by thread count); CUDA tensors always take torch's.
+Leaf module: the Triton backend's backward takes :func:`dw_hh` from here.
 """
 
 from __future__ import annotations
@@ -33,19 +33,25 @@ def plain_eager(x: Tensor) -> bool:
     )
 
 
+def _fixed(t: Tensor) -> bool:
+    """Whether reductions over ``t`` run in fastlstm's fixed order: deterministic
+    mode on CPU tensors (on CUDA, torch's deterministic GEMMs)."""
+    return t.device.type == "cpu" and torch.are_deterministic_algorithms_enabled()
+
+
 def _mm_tn(a: Tensor, b: Tensor, acc: Tensor | None = None) -> Tensor:
     """``[acc +] aᵀ · b``; a (K, M), b (K, N)."""
-    if torch.are_deterministic_algorithms_enabled():
+    if _fixed(a):
         return _fixed_order.mm_tn(a, b, acc)
     return a.t() @ b if acc is None else torch.addmm(acc, a.t(), b)
 
 
 def _mm(a: Tensor, b: Tensor) -> Tensor:
-    return _fixed_order.mm(a, b) if torch.are_deterministic_algorithms_enabled() else a @ b
+    return _fixed_order.mm(a, b) if _fixed(a) else a @ b
 
 
 def _colsum(b: Tensor) -> Tensor:
-    return _fixed_order.colsum(b) if torch.are_deterministic_algorithms_enabled() else b.sum(0)
+    return _fixed_order.colsum(b) if _fixed(b) else b.sum(0)
 
 
 def previous_hidden(y: Tensor, h0: Tensor, lengths: Tensor | None) -> Tensor:
