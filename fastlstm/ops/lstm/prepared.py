@@ -292,8 +292,8 @@ class PreparedWeights(_Entry):
 
     def sync(self, tensors) -> None:
         """As :meth:`_Entry.sync`; a built fp32 stack is rewritten in place by
-        one ``_C`` call (an optimizer step per training step: 4-5x cheaper
-        than rebuilding its fields one torch op at a time)."""
+        one ``_C`` call (an optimizer step per training step: 77 us against
+        180 us through torch ops for a bidirectional H = 64 layer)."""
         current = versions(tensors)
         if current is not None and current == self.versions:
             return
@@ -305,8 +305,7 @@ class PreparedWeights(_Entry):
 
     def _rewrite(self, weights) -> bool:
         plan = self._fields.get("stack_plan")
-        if plan is None or self.proj_size or any(type(w) not in (Tensor, nn.Parameter) or not w.is_contiguous()
-                                                 for w in weights):
+        if plan is None or self.proj_size or any(type(w) not in _PLAIN or not w.is_contiguous() for w in weights):
             return False
         buf = _ext.buf
         params, outputs = [], []
