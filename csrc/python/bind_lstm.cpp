@@ -27,6 +27,23 @@ int64_t packed_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forwar
   return checked_mul({D, per_dir}, fn, "packed weights");
 }
 
+// One layer of a stack plan, (w_ih packed, bias, w_hh, w_hh packed), checked
+// against the active kernel's packed sizes (lstm_stack_fwd, lstm_stack_train_fwd).
+LstmStackLayer checked_stack_layer(const std::array<Buf, 4>& w, int64_t l, int64_t in, int64_t D, int64_t H,
+                                   const char* fn) {
+  const std::string name = "layer " + std::to_string(l) + " ";
+  const int64_t G = checked_mul({4, H}, fn, "gates");
+  LstmStackLayer s;
+  s.input = in;
+  s.w_ih_packed = checked_ptr<const float>(w[0], packed_size(false, D, H, in, true, fn), true, fn,
+                                           (name + "w_ih_packed (packed for another CPU capability?)").c_str());
+  s.bias = checked_ptr<const float>(w[1], checked_mul({D, G}, fn, "bias"), false, fn, (name + "bias").c_str());
+  s.w_hh = checked_ptr<const float>(w[2], checked_mul({D, G, H}, fn, "w_hh"), true, fn, (name + "w_hh").c_str());
+  s.w_hh_packed = checked_ptr<const float>(w[3], packed_size(false, D, H, H, false, fn), true, fn,
+                                           (name + "w_hh_packed (packed for another CPU capability?)").c_str());
+  return s;
+}
+
 namespace {
 
 struct Dims {
@@ -40,13 +57,6 @@ void check_dims(const Dims& d, const char* fn) {
   if (d.P < 1 || d.P > d.H) throw py::value_error(std::string(fn) + ": proj must be in [1, hidden_size]");
 }
 
-void check_lengths(const int64_t* lengths, const Dims& d, const char* fn) {
-  if (!lengths) return;
-  for (int64_t b = 0; b < d.B; ++b)
-    if (lengths[b] < 0 || lengths[b] > d.T)
-      throw py::value_error(std::string(fn) + ": lengths[" + std::to_string(b) + "] = " +
-                            std::to_string(lengths[b]) + " is outside [0, seq_len]");
-}
 
 // The packed weights must match the layout of the kernel active now (the ISA
 // level can be lowered at run time, which changes the layout's width).
@@ -81,7 +91,7 @@ void recurrence_fwd(const Buf& gx, const Buf& w_hh, const Buf& w_hr, const Buf& 
   p.cells = checked_ptr<T>(cells, checked_mul({d.T, d.B, d.D, d.H}, fn, "cells"), false, fn, "cells");
   if ((p.gates == nullptr) != (p.cells == nullptr))
     throw py::value_error(std::string(fn) + ": gates and cells must be given together");
-  check_lengths(p.lengths, d, fn);
+  check_lengths(p.lengths, d.B, d.T, fn);
   p.w_hh_packed = checked_packed<T>(packed, d, fn);
   p.seq_len = d.T, p.batch = d.B, p.directions = d.D, p.hidden = d.H, p.proj = d.P;
   p.num_threads = num_threads < 1 ? 1 : num_threads;
@@ -113,7 +123,7 @@ void recurrence_bwd(const Buf& dy, const Buf& dhn, const Buf& dcn, const Buf& w_
   p.dh0 = checked_ptr<T>(dh0, checked_mul({d.D, d.B, d.P}, fn, "dh0"), true, fn, "dh0");
   p.dc0 = checked_ptr<T>(dc0, checked_mul({d.D, d.B, d.H}, fn, "dc0"), true, fn, "dc0");
   p.dhproj = checked_ptr<T>(dhproj, checked_mul({d.T, d.B, d.D, d.P}, fn, "dhproj"), proj, fn, "dhproj");
-  check_lengths(p.lengths, d, fn);
+  check_lengths(p.lengths, d.B, d.T, fn);
   p.w_hh_packed = checked_packed<T>(packed, d, fn);
   p.seq_len = d.T, p.batch = d.B, p.directions = d.D, p.hidden = d.H, p.proj = d.P;
   p.num_threads = num_threads < 1 ? 1 : num_threads;
@@ -161,21 +171,10 @@ void stack_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
   const bool wavefront = cpu::lstm_stack_uses_wavefront(p);
   p.gx = checked_ptr<float>(gx, checked_mul({T, B, D, G}, fn, "gx"), !wavefront, fn, "gx");
   p.y_mid = checked_ptr<float>(y_mid, checked_mul({T, B, D, H}, fn, "y_mid"), L > 1, fn, "y_mid");
-  check_lengths(p.lengths, d, fn);
+  check_lengths(p.lengths, d.B, d.T, fn);
   std::vector<LstmStackLayer> stack(static_cast<size_t>(L));
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string name = "layer " + std::to_string(l) + " ";
-    const int64_t in = l == 0 ? I : D * H;
-    const auto& w = layers[static_cast<size_t>(l)];
-    LstmStackLayer& s = stack[static_cast<size_t>(l)];
-    s.input = in;
-    s.w_ih_packed = checked_ptr<const float>(w[0], packed_size(false, D, H, in, true, fn), true, fn,
-                                             (name + "w_ih_packed (packed for another CPU capability?)").c_str());
-    s.bias = checked_ptr<const float>(w[1], checked_mul({D, G}, fn, "bias"), false, fn, (name + "bias").c_str());
-    s.w_hh = checked_ptr<const float>(w[2], checked_mul({D, G, H}, fn, "w_hh"), true, fn, (name + "w_hh").c_str());
-    s.w_hh_packed = checked_ptr<const float>(w[3], packed_size(false, D, H, H, false, fn), true, fn,
-                                             (name + "w_hh_packed (packed for another CPU capability?)").c_str());
-  }
+  for (int64_t l = 0; l < L; ++l)
+    stack[static_cast<size_t>(l)] = checked_stack_layer(layers[static_cast<size_t>(l)], l, l == 0 ? I : D * H, D, H, fn);
   p.layers = stack.data();
   py::gil_scoped_release release;
   cpu::lstm_stack_fwd(p);

@@ -16,6 +16,8 @@ namespace binding {
 
 // (bind_lstm.cpp)
 int64_t packed_size(bool is_double, int64_t D, int64_t H, int64_t P, bool forward_only, const char* fn);
+LstmStackLayer checked_stack_layer(const std::array<Buf, 4>& w, int64_t l, int64_t in, int64_t D, int64_t H,
+                                   const char* fn);
 
 namespace {
 
@@ -44,10 +46,7 @@ std::vector<LstmStackTrainLayer> common(LstmStackTrainParams& p, const Sizes& s,
   p.h0 = checked_ptr<const float>(h0, checked_mul({L, s.D, s.B, s.H}, fn, "h0"), true, fn, "h0");
   p.c0 = checked_ptr<const float>(c0, checked_mul({L, s.D, s.B, s.H}, fn, "c0"), true, fn, "c0");
   p.lengths = checked_ptr<const int64_t>(lengths, s.B, false, fn, "lengths");
-  for (int64_t b = 0; p.lengths && b < s.B; ++b)
-    if (p.lengths[b] < 0 || p.lengths[b] > s.T)
-      throw py::value_error(std::string(fn) + ": lengths[" + std::to_string(b) + "] = " +
-                            std::to_string(p.lengths[b]) + " is outside [0, seq_len]");
+  check_lengths(p.lengths, s.B, s.T, fn);
   p.num_layers = L, p.input = s.I;
   p.seq_len = s.T, p.batch = s.B, p.directions = s.D, p.hidden = s.H;
   p.num_threads = num_threads < 1 ? 1 : num_threads;
@@ -80,15 +79,8 @@ void train_fwd(const Buf& x, const Buf& h0, const Buf& c0, const Buf& lengths, c
   p.cn = checked_ptr<float>(cn, checked_mul({L, D, B, H}, fn, "cn"), true, fn, "cn");
   p.gx = checked_ptr<float>(gx, checked_mul({T, B, D, G}, fn, "gx"), true, fn, "gx");
   for (int64_t l = 0; l < L; ++l) {
-    const std::string name = "layer " + std::to_string(l) + " ";
-    const auto& w = weights[static_cast<size_t>(l)];
     LstmStackLayer& lw = layers[static_cast<size_t>(l)].weights;
-    lw.w_ih_packed = checked_ptr<const float>(w[0], packed_size(false, D, H, lw.input, true, fn), true, fn,
-                                              (name + "w_ih_packed (packed for another CPU capability?)").c_str());
-    lw.bias = checked_ptr<const float>(w[1], checked_mul({D, G}, fn, "bias"), false, fn, (name + "bias").c_str());
-    lw.w_hh = checked_ptr<const float>(w[2], checked_mul({D, G, H}, fn, "w_hh"), true, fn, (name + "w_hh").c_str());
-    lw.w_hh_packed = checked_ptr<const float>(w[3], packed_size(false, D, H, H, false, fn), true, fn,
-                                              (name + "w_hh_packed (packed for another CPU capability?)").c_str());
+    lw = checked_stack_layer(weights[static_cast<size_t>(l)], l, lw.input, D, H, fn);
   }
   p.layers = layers.data();
   py::gil_scoped_release release;

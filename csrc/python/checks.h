@@ -63,6 +63,14 @@ T* checked_ptr(const Buf& buf, int64_t expected, bool required, const char* fn, 
   return reinterpret_cast<T*>(buf.address);
 }
 
+// lengths[b] in [0, T] for every b < B (lengths null: nothing to check).
+inline void check_lengths(const int64_t* lengths, int64_t B, int64_t T, const char* fn) {
+  for (int64_t b = 0; lengths && b < B; ++b)
+    if (lengths[b] < 0 || lengths[b] > T)
+      throw py::value_error(std::string(fn) + ": lengths[" + std::to_string(b) + "] = " +
+                            std::to_string(lengths[b]) + " is outside [0, seq_len]");
+}
+
 }  // namespace binding
 }  // namespace fastlstm
 

@@ -2,6 +2,7 @@
 gradients against torch.nn.LSTM, the same bits as the per-layer backward, the
 same bits for any thread count, separate gradient buffers, bad input."""
 
+import contextlib
 import importlib
 
 import pytest
@@ -49,6 +50,29 @@ def _grads(module, case, x, h0, c0, loss_weights):
     return torch.autograd.grad(loss, [x, h0, c0, *module.parameters()])
 
 
+class _Recorder:
+    """fastlstm._C with every call recorded as (name, args) before it runs."""
+
+    def __init__(self, real):
+        self._real, self.calls = real, []
+
+    def __getattr__(self, name):
+        fn = getattr(self._real, name)
+        if not callable(fn):
+            return fn
+        return lambda *a, **k: (self.calls.append((name, a)), fn(*a, **k))[1]
+
+
+@contextlib.contextmanager
+def _deterministic():
+    mode = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(mode)
+
+
 def _inputs(case):
     D = 2 if case["bi"] else 1
     x = torch.randn(case["T"], case["B"], 5, requires_grad=True)
@@ -72,18 +96,11 @@ def test_one_call_training_matches_torch_nn_lstm(name):
 
 @needs_simd
 def test_the_training_step_runs_one_kernel_call_each_way(monkeypatch):
-    calls = []
-    real = _ext._C
-
-    class Recorder:
-        def __getattr__(self, name):
-            fn = getattr(real, name)
-            return (lambda *a, **k: (calls.append(name), fn(*a, **k))[1]) if callable(fn) else fn
-
-    monkeypatch.setattr(_ext, "_C", Recorder())
+    recorder = _Recorder(_ext._C)
+    monkeypatch.setattr(_ext, "_C", recorder)
     peer, module = _modules(CASES["bi-2"])
     module(torch.randn(6, 3, 5))[0].sum().backward()
-    kernels = [c for c in calls if c.startswith("lstm_") and "pack" not in c]  # (packing: the first call only)
+    kernels = [c for c, _ in recorder.calls if c.startswith("lstm_") and "pack" not in c]  # (packing: the first call only)
     assert kernels == ["lstm_stack_train_fwd", "lstm_stack_train_bwd"], kernels
 
 
@@ -93,14 +110,10 @@ def test_one_call_backward_has_the_bits_of_the_per_layer_backward_in_determinist
     case = CASES[name]
     _, module = _modules(case)
     x, h0, c0, w = _inputs(case)
-    mode = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with _deterministic():
         one_call = _grads(module, case, x, h0, c0, w)
         monkeypatch.setattr(train_stack, "backward_in_one_call", lambda *a: False)
         per_layer = _grads(module, case, x, h0, c0, w)
-    finally:
-        torch.use_deterministic_algorithms(mode)
     for a, b in zip(one_call, per_layer):
         assert torch.equal(a, b)
 
@@ -110,16 +123,15 @@ def test_one_call_backward_has_the_same_bits_for_any_thread_count_in_determinist
     case = dict(CASES["bi-2"], T=40, B=16, H=64)
     _, module = _modules(case)
     x, h0, c0, w = _inputs(case)
-    threads, mode = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
     results = []
-    torch.use_deterministic_algorithms(True)
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(_grads(module, case, x, h0, c0, w))
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(mode)
+    with _deterministic():
+        try:
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                results.append(_grads(module, case, x, h0, c0, w))
+        finally:
+            torch.set_num_threads(threads)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
@@ -132,11 +144,8 @@ def test_the_backward_uses_torchs_blas_and_matches_the_fixed_order():
     _, module = _modules(case)
     x, h0, c0, w = _inputs(case)
     blas = _grads(module, case, x, h0, c0, w)
-    torch.use_deterministic_algorithms(True)
-    try:
+    with _deterministic():
         fixed = _grads(module, case, x, h0, c0, w)
-    finally:
-        torch.use_deterministic_algorithms(False)
     for a, b in zip(blas, fixed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -172,20 +181,12 @@ def test_frozen_layers_and_input_gradients_only():
 @needs_simd
 def test_the_backward_binding_refuses_lengths_outside_the_sequence():
     _, module = _modules(CASES["bi-2"])
-    calls = {}
     real = _ext._C
-
-    class Recorder:
-        def __getattr__(self, name):
-            fn = getattr(real, name)
-            if name != "lstm_stack_train_bwd":
-                return fn
-            return lambda *a: (calls.setdefault("args", a), fn(*a))[1]
-
+    recorder = _Recorder(real)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_ext, "_C", Recorder())
+        mp.setattr(_ext, "_C", recorder)
         module(torch.randn(6, 3, 5))[0].sum().backward()
-    args = list(calls["args"])
+    args = list(next(a for name, a in recorder.calls if name == "lstm_stack_train_bwd"))
     args[3] = _ext.buf(torch.tensor([6, 7, 1]))  # lengths: 7 > seq_len
     with pytest.raises(ValueError, match=r"lstm_stack_train_bwd: lengths\[1\] = 7 is outside"):
         real.lstm_stack_train_bwd(*args)

@@ -185,11 +185,17 @@ class _Entry:
         if current is None or current != self.versions:
             with self._lock:
                 if current is None or current != self.versions:
-                    # Rebuilt into the old buffers: a fresh multi-megabyte buffer
-                    # would page-fault in (about 0.2 ms per MB here).
-                    self._spare.update(self._fields)
-                    self._fields = {}
+                    if current is None or not self._rewrite(tensors):
+                        # Rebuilt into the old buffers: a fresh multi-megabyte buffer
+                        # would page-fault in (about 0.2 ms per MB here).
+                        self._spare.update(self._fields)
+                        self._fields = {}
                     self.versions = current
+
+    def _rewrite(self, tensors) -> bool:
+        """Rewrites every built field from ``tensors`` in place, if this kind of
+        entry can; False: the fields are rebuilt one by one on next use."""
+        return False
 
     def _field(self, name, build: Callable):
         value = self._fields.get(name, _MISSING)
@@ -290,20 +296,10 @@ class PreparedWeights(_Entry):
 
         return self._field(("packed", layer), build)
 
-    def sync(self, tensors) -> None:
-        """As :meth:`_Entry.sync`; a built fp32 stack is rewritten in place by
-        one ``_C`` call (an optimizer step per training step: 77 us against
-        180 us through torch ops for a bidirectional H = 64 layer)."""
-        current = versions(tensors)
-        if current is not None and current == self.versions:
-            return
-        with self._lock:
-            if current is not None and current != self.versions and self._rewrite(tensors):
-                self.versions = current
-                return
-        super().sync(tensors)
-
     def _rewrite(self, weights) -> bool:
+        """A built fp32 stack is rewritten by one ``_C`` call (an optimizer step
+        per training step: 77 us against 180 us through torch ops for a
+        bidirectional H = 64 layer)."""
         plan = self._fields.get("stack_plan")
         if plan is None or self.proj_size or any(type(w) not in _PLAIN or not w.is_contiguous() for w in weights):
             return False

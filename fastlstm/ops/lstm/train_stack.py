@@ -154,6 +154,13 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
+def _saved(ctx) -> tuple:
+    """(x, h0, c0, lengths, y, saved, weights) of a forward (either route's ctx)."""
+    n_saved = ctx.config[3]
+    x, h0, c0, lengths, y_top, *rest = ctx.saved_tensors
+    return x, h0, c0, lengths, y_top, rest[:n_saved], rest[n_saved:]
+
+
 def _needs(ctx) -> tuple:
     """(x, weights, h0, c0) flags of the registered op's needs_input_grad."""
     need_x, need_w, need_h, need_c = ctx.needs_input_grad[:4]
@@ -161,9 +168,7 @@ def _needs(ctx) -> tuple:
 
 
 def _op_backward(ctx, dy, dhn, dcn, _dsaved):
-    num_layers, D, has_bias, n_saved = ctx.config
-    x, h0, c0, lengths, y_top, *rest = ctx.saved_tensors
-    saved, weights = rest[:n_saved], rest[n_saved:]
+    x, h0, c0, lengths, y_top, saved, weights = _saved(ctx)
     if torch.is_grad_enabled():  # create_graph: a differentiable backward, through the reference
         from fastlstm.ops.lstm.double_backward import stack_grads
 
@@ -191,9 +196,7 @@ class LstmStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhn, dcn):
-        num_layers, D, has_bias, n_saved = ctx.config
-        x, h0, c0, lengths, y_top, *rest = ctx.saved_tensors
-        saved, weights = rest[:n_saved], rest[n_saved:]
+        x, h0, c0, lengths, y_top, saved, weights = _saved(ctx)
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph: as the registered op
             from fastlstm.ops.lstm.double_backward import stack_grads
