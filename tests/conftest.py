@@ -98,3 +98,28 @@ def run_python(code: str, timeout: float = 300, **env: str) -> subprocess.Comple
 def python_subprocess():
     """``python_subprocess(code, **env)`` -> CompletedProcess (see run_python)."""
     return run_python
+
+
+class KernelCallRecorder:
+    """A stand-in for ``fastlstm._C`` that records every call as (name, args,
+    kwargs) in ``calls`` before making it."""
+
+    def __init__(self, real):
+        self._real, self.calls = real, []
+
+    def __getattr__(self, name):
+        fn = getattr(self._real, name)
+        if not callable(fn):
+            return fn
+
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return fn(*args, **kwargs)
+
+        return record
+
+
+@pytest.fixture(scope="session")
+def kernel_call_recorder():
+    """``kernel_call_recorder(_ext._C)`` -> a KernelCallRecorder (monkeypatch it in as ``_C``)."""
+    return KernelCallRecorder

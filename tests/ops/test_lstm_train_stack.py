@@ -50,19 +50,6 @@ def _grads(module, case, x, h0, c0, loss_weights):
     return torch.autograd.grad(loss, [x, h0, c0, *module.parameters()])
 
 
-class _Recorder:
-    """fastlstm._C with every call recorded as (name, args) before it runs."""
-
-    def __init__(self, real):
-        self._real, self.calls = real, []
-
-    def __getattr__(self, name):
-        fn = getattr(self._real, name)
-        if not callable(fn):
-            return fn
-        return lambda *a, **k: (self.calls.append((name, a)), fn(*a, **k))[1]
-
-
 @contextlib.contextmanager
 def _deterministic():
     mode = torch.are_deterministic_algorithms_enabled()
@@ -95,12 +82,12 @@ def test_one_call_training_matches_torch_nn_lstm(name):
 
 
 @needs_simd
-def test_the_training_step_runs_one_kernel_call_each_way(monkeypatch):
-    recorder = _Recorder(_ext._C)
+def test_the_training_step_runs_one_kernel_call_each_way(monkeypatch, kernel_call_recorder):
+    recorder = kernel_call_recorder(_ext._C)
     monkeypatch.setattr(_ext, "_C", recorder)
     peer, module = _modules(CASES["bi-2"])
     module(torch.randn(6, 3, 5))[0].sum().backward()
-    kernels = [c for c, _ in recorder.calls if c.startswith("lstm_") and "pack" not in c]  # (packing: the first call only)
+    kernels = [c for c, _, _ in recorder.calls if c.startswith("lstm_") and "pack" not in c]  # (packing: the first call only)
     assert kernels == ["lstm_stack_train_fwd", "lstm_stack_train_bwd"], kernels
 
 
@@ -179,14 +166,14 @@ def test_frozen_layers_and_input_gradients_only():
 
 
 @needs_simd
-def test_the_backward_binding_refuses_lengths_outside_the_sequence():
+def test_the_backward_binding_refuses_lengths_outside_the_sequence(kernel_call_recorder):
     _, module = _modules(CASES["bi-2"])
     real = _ext._C
-    recorder = _Recorder(real)
+    recorder = kernel_call_recorder(real)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_ext, "_C", recorder)
         module(torch.randn(6, 3, 5))[0].sum().backward()
-    args = list(next(a for name, a in recorder.calls if name == "lstm_stack_train_bwd"))
+    args = list(next(a for name, a, _ in recorder.calls if name == "lstm_stack_train_bwd"))
     args[3] = _ext.buf(torch.tensor([6, 7, 1]))  # lengths: 7 > seq_len
     with pytest.raises(ValueError, match=r"lstm_stack_train_bwd: lengths\[1\] = 7 is outside"):
         real.lstm_stack_train_bwd(*args)
@@ -217,6 +204,12 @@ def test_an_optimizer_step_rewrites_the_prepared_stack_in_place(bidirectional, b
     inputs = _inputs(case)
     torch.testing.assert_close(_grads(module, case, *inputs), _grads(peer, case, *inputs), rtol=1e-4, atol=1e-5)
     with torch.no_grad():
+        torch.testing.assert_close(module(x)[0], peer(x)[0], rtol=1e-5, atol=1e-6)
+    module.zero_grad()
+    module(x)[0].sum().backward()
+    opt.step()  # the next rewrite happens under inference_mode (serving after a training step)
+    peer.load_state_dict(module.state_dict())
+    with torch.inference_mode():
         torch.testing.assert_close(module(x)[0], peer(x)[0], rtol=1e-5, atol=1e-6)
     after = prepared.prepared_weights(weights, 2, D, bias, 0)
     assert after is prep

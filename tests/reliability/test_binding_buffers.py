@@ -93,22 +93,6 @@ def test_packed_sizes_do_not_wrap(call):
 # --------------------------------------------------------------------------
 
 
-class _Recorder:
-    def __init__(self, real):
-        self._real, self.calls = real, []
-
-    def __getattr__(self, name):
-        fn = getattr(self._real, name)
-        if not callable(fn):
-            return fn
-
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return fn(*args, **kwargs)
-
-        return record
-
-
 def _run_public_api():
     torch.manual_seed(0)
     x = torch.randn(5, 2, 6)
@@ -138,8 +122,8 @@ def _run_public_api():
 
 
 @pytest.fixture(scope="module")
-def recorded_calls():
-    rec = _Recorder(_ext._C)
+def recorded_calls(kernel_call_recorder):
+    rec = kernel_call_recorder(_ext._C)
     mp = pytest.MonkeyPatch()
     for module in (_ext, rt_layers, rt_quant):
         mp.setattr(module, "_C", rec)
